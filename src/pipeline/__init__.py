@@ -1,0 +1,64 @@
+"""pipeline: typed, concurrent, restartable in-process stage pipelines on anyio.
+
+Re-exports only; every name here is documented where it is defined.
+"""
+
+from pipeline.clock import Clock, SystemClock
+from pipeline.context import CancelToken, PipelineContext
+from pipeline.definition import ExecutionPattern, PipelineDefinition, RetryConfig, StageDefinition
+from pipeline.errors import (
+    DefinitionError,
+    PipelineError,
+    PipelineRunError,
+    PipelineValidationError,
+    StageError,
+    StageOutputError,
+    StageTimeoutError,
+    ValidationIssue,
+)
+from pipeline.executor import PipelineExecutor, Scheduling
+from pipeline.plan import ExecutionPlan
+from pipeline.protocol import PipelineStage
+from pipeline.resolve import resolve_typed_input
+from pipeline.result import (
+    PipelineResult,
+    StageResult,
+    StageRun,
+    StageStatus,
+    cancelled_result,
+    failure_result,
+    skipped_result,
+    success_result,
+)
+
+__all__ = [
+    "CancelToken",
+    "Clock",
+    "DefinitionError",
+    "ExecutionPattern",
+    "ExecutionPlan",
+    "PipelineContext",
+    "PipelineDefinition",
+    "PipelineError",
+    "PipelineExecutor",
+    "PipelineResult",
+    "PipelineRunError",
+    "PipelineStage",
+    "PipelineValidationError",
+    "RetryConfig",
+    "Scheduling",
+    "StageDefinition",
+    "StageError",
+    "StageOutputError",
+    "StageResult",
+    "StageRun",
+    "StageStatus",
+    "StageTimeoutError",
+    "SystemClock",
+    "ValidationIssue",
+    "cancelled_result",
+    "failure_result",
+    "resolve_typed_input",
+    "skipped_result",
+    "success_result",
+]

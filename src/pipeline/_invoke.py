@@ -1,0 +1,169 @@
+"""One stage invocation as small composable steps: condition, fan-out, retry, timeout, execute.
+
+Each step is one function that knows nothing of the others; scheduling, fail-fast and run
+bookkeeping live in `pipeline.executor`, retry policy mechanics in `pipeline._retry`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from pipeline._retry import with_retry
+from pipeline.definition import ExecutionPattern
+from pipeline.errors import StageOutputError, StageTimeoutError
+from pipeline.result import UNKNOWN_STAGE, StageResult
+
+if TYPE_CHECKING:
+    from pipeline.clock import Clock
+    from pipeline.context import PipelineContext
+    from pipeline.definition import StageDefinition
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What invoking a stage (or one fan-out item) produced, before it becomes a run record."""
+
+    result: StageResult[Any]
+    attempts: int = 1
+    exception: BaseException | None = None
+    items: int | None = None
+
+    @property
+    def exception_type(self) -> str | None:
+        """The class name of the exception behind a failure, if any."""
+        return None if self.exception is None else type(self.exception).__name__
+
+    def formatted_traceback(self) -> str | None:
+        """The exception's traceback as text, if any."""
+        exc = self.exception
+        if exc is None or exc.__traceback__ is None:
+            return None
+        return "".join(traceback.format_exception(exc))
+
+
+def _failed(sid: str, exc: BaseException, attempt: int, message: str | None = None) -> Outcome:
+    text = message or f"{type(exc).__name__}: {exc}"
+    return Outcome(StageResult.failure(text, stage_name=sid), attempt, exc)
+
+
+async def attempt_once(
+    sdef: StageDefinition,
+    value: Any,
+    context: PipelineContext[Any],
+    clock: Clock,
+    attempt: int,
+    item: int | None = None,
+) -> Outcome:
+    """Call `stage.execute` once, bounded by `timeout_ms`; errors become failed outcomes.
+
+    Cancellation, `KeyboardInterrupt` and `SystemExit` propagate: only `Exception` is caught.
+    """
+    sid = sdef.id
+    try:
+        if sdef.timeout_ms is None:
+            returned = await sdef.stage.execute(value, context)
+        else:
+            returned = None
+            with clock.deadline_scope(sdef.timeout_ms / 1000) as scope:
+                returned = await sdef.stage.execute(value, context)
+            if scope.cancelled_caught:
+                exc = StageTimeoutError(sid, attempt, sdef.timeout_ms, item)
+                return _failed(sid, exc, attempt, str(exc))
+    except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
+        return _failed(sid, exc, attempt)
+    if not isinstance(returned, StageResult):
+        out_exc = StageOutputError(sid, attempt, returned)
+        return _failed(sid, out_exc, attempt, str(out_exc))
+    if returned.stage_name == UNKNOWN_STAGE:
+        returned = returned.model_copy(update={"stage_name": sid})
+    return Outcome(returned, attempt)
+
+
+async def invoke_once(
+    sdef: StageDefinition, value: Any, context: PipelineContext[Any], clock: Clock, item: int | None
+) -> Outcome:
+    """One item (or the whole input) with the stage's retry policy around each attempt."""
+
+    async def attempt(n: int) -> Outcome:
+        return await attempt_once(sdef, value, context, clock, n, item)
+
+    return await with_retry(attempt, sdef.retry_config, clock)
+
+
+async def fan_out(
+    sdef: StageDefinition, items: Any, context: PipelineContext[Any], clock: Clock
+) -> Outcome:
+    """Run the stage once per item, at most `max_concurrent_fan_out` at a time.
+
+    Workers pull indices from one shared iterator, so memory holds `cap` tasks, not one per
+    item. The first failed item cancels the others; the output keeps the input order.
+    """
+    sid = sdef.id
+    if not isinstance(items, list | tuple):
+        error = f"FAN_OUT requires list input, got {type(items).__name__}"
+        return Outcome(StageResult.failure(error, stage_name=sid), attempts=0)
+    count = len(items)
+    outputs: list[Any] = [None] * count
+    failures: dict[int, Outcome] = {}
+    max_attempts = 0
+    indices = iter(range(count))
+
+    async with anyio.create_task_group() as tg:
+
+        async def worker() -> None:
+            nonlocal max_attempts
+            for i in indices:
+                outcome = await invoke_once(sdef, items[i], context, clock, i)
+                max_attempts = max(max_attempts, outcome.attempts)
+                if not outcome.result.success:
+                    failures[i] = outcome
+                    tg.cancel_scope.cancel()
+                    return
+                outputs[i] = outcome.result.output
+
+        cap = sdef.max_concurrent_fan_out or count
+        for _ in range(min(cap, count)):
+            tg.start_soon(worker)
+
+    if failures:
+        failed = sorted(failures)
+        first = failures[failed[0]]
+        error = f"FAN_OUT item(s) {failed} of {count} failed: {first.result.error}"
+        result = StageResult.failure(error, stage_name=sid, metadata={"failed_items": failed})
+        return Outcome(result, max_attempts, first.exception, count)
+    result = StageResult.success(outputs, stage_name=sid, metadata={"fan_out_items": count})
+    return Outcome(result, max_attempts, None, count)
+
+
+async def condition_holds(sdef: StageDefinition, context: PipelineContext[Any]) -> bool:
+    """Evaluate the stage's condition (sync or async); True when there is none."""
+    if sdef.condition is None:
+        return True
+    verdict = sdef.condition(context)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    return bool(verdict)
+
+
+async def invoke_stage(
+    sdef: StageDefinition, value: Any, context: PipelineContext[Any], clock: Clock
+) -> Outcome:
+    """Condition, then fan-out or a single retried invocation."""
+    sid = sdef.id
+    try:
+        run = await condition_holds(sdef, context)
+    except Exception as exc:  # noqa: BLE001  # a raising condition fails its stage, by contract
+        return _failed(
+            sid, exc, 0, f"condition of stage {sid!r} raised {type(exc).__name__}: {exc}"
+        )
+    if not run:
+        skipped = StageResult.skipped("condition returned False", stage_name=sid)
+        return Outcome(skipped, attempts=0)
+    if sdef.pattern is ExecutionPattern.FAN_OUT:
+        return await fan_out(sdef, value, context, clock)
+    return await invoke_once(sdef, value, context, clock, None)

@@ -1,0 +1,72 @@
+"""Retry of one invocation, driven by a tenacity `AsyncRetrying` built from a `RetryConfig`.
+
+The only module that imports tenacity. What one attempt does lives in `pipeline._invoke`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from pipeline._invoke import Outcome
+    from pipeline.clock import Clock
+    from pipeline.definition import RetryConfig
+
+
+async def with_retry(
+    attempt: Callable[[int], Awaitable[Outcome]],
+    config: RetryConfig | None,
+    clock: Clock,
+) -> Outcome:
+    """Call `attempt(n)` for n = 1, 2, ... until it succeeds, is not retryable or runs out.
+
+    Waits go through `clock.sleep`. The returned outcome's `attempts` is the number of calls;
+    when more than one call was made and the last failed, its error reads
+    `Failed after N attempts. Last error: ...`.
+    """
+    if config is None or config.max_attempts <= 1:
+        return await attempt(1)
+
+    calls = 0
+
+    async def call() -> Outcome:
+        nonlocal calls
+        calls += 1
+        return await attempt(calls)
+
+    def should_retry(outcome: Outcome) -> bool:
+        result = outcome.result
+        return not result.success and config.is_retryable(result.error, outcome.exception_type)
+
+    def give_up(state: RetryCallState) -> Any:
+        assert state.outcome is not None  # tenacity sets it before stopping
+        return state.outcome.result()
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(config.max_attempts),
+        wait=wait_exponential(
+            multiplier=config.initial_delay_ms / 1000,
+            exp_base=config.backoff_multiplier,
+            max=config.max_delay_ms / 1000,
+        ),
+        retry=retry_if_result(should_retry),
+        sleep=clock.sleep,
+        retry_error_callback=give_up,
+    )
+    outcome: Outcome = await retrying(call)
+    outcome.attempts = calls
+    if calls > 1 and not outcome.result.success:
+        outcome.result = outcome.result.model_copy(
+            update={"error": f"Failed after {calls} attempts. Last error: {outcome.result.error}"}
+        )
+    return outcome

@@ -1,0 +1,119 @@
+"""Structural checks of a pipeline definition, returned as `ValidationIssue`s.
+
+Pure: it reads stage definitions and imports nothing that runs. Raising is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import inspect
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ValidationIssue
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pipeline.definition import StageDefinition
+
+
+def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
+    """Every structural problem of `stages`, in a stable order."""
+    from pipeline.definition import ExecutionPattern  # avoids an import cycle
+
+    issues: list[ValidationIssue] = []
+    if not stages:
+        issues.append(
+            ValidationIssue(
+                code="empty_pipeline",
+                stage_id=None,
+                message="pipeline has no stages; add at least one StageDefinition",
+            )
+        )
+        return tuple(issues)
+
+    counts = Counter(s.id for s in stages)
+    issues.extend(
+        ValidationIssue(
+            code="duplicate_id",
+            stage_id=sid,
+            message=f"duplicate stage id {sid!r} ({n} stages); stage ids must be unique",
+        )
+        for sid, n in counts.items()
+        if n > 1
+    )
+    known = set(counts)
+    for s in stages:
+        issues.extend(
+            ValidationIssue(
+                code="unknown_input",
+                stage_id=s.id,
+                message=(
+                    f"stage {s.id!r} has unknown input {dep!r}; "
+                    f"inputs must name stages of this pipeline ({', '.join(sorted(known))})"
+                ),
+            )
+            for dep in s.inputs
+            if dep not in known
+        )
+        if s.pattern is ExecutionPattern.FAN_OUT and len(s.inputs) > 1:
+            issues.append(
+                ValidationIssue(
+                    code="fan_out_inputs",
+                    stage_id=s.id,
+                    message=(
+                        f"FAN_OUT stage {s.id!r} has {len(s.inputs)} inputs; a fan-out maps "
+                        "over one list, so give it exactly one input (or none)"
+                    ),
+                )
+            )
+        if s.pattern is ExecutionPattern.CONDITIONAL and s.condition is None:
+            issues.append(
+                ValidationIssue(
+                    code="missing_condition",
+                    stage_id=s.id,
+                    message=(
+                        f"CONDITIONAL stage {s.id!r} has no condition; pass "
+                        "condition=lambda ctx: ... or use another pattern"
+                    ),
+                )
+            )
+        execute = getattr(s.stage, "execute", None)
+        if not callable(execute) or not inspect.iscoroutinefunction(execute):
+            what = "no execute method" if execute is None else "an execute that is not async"
+            issues.append(
+                ValidationIssue(
+                    code="invalid_stage",
+                    stage_id=s.id,
+                    message=(
+                        f"stage {s.id!r} object {type(s.stage).__name__} has {what}; stages "
+                        "need `async def execute(self, input, context) -> StageResult`"
+                    ),
+                )
+            )
+
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for s in stages:
+        sorter.add(s.id, *(d for d in s.inputs if d in known))
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = tuple(reversed(exc.args[1]))  # graphlib lists it against the edges' direction
+        issues.append(
+            ValidationIssue(
+                code="cycle",
+                stage_id=cycle[0],
+                message=f"cycle between stages: {' -> '.join(cycle)}; remove one of these inputs",
+                cycle=cycle,
+            )
+        )
+    if not any(not s.inputs for s in stages):
+        issues.append(
+            ValidationIssue(
+                code="no_entry_points",
+                stage_id=None,
+                message="pipeline has no entry point; at least one stage must have no inputs",
+            )
+        )
+    return tuple(issues)

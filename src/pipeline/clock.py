@@ -1,0 +1,46 @@
+"""Time as the library sees it: one injectable `Clock` for now(), sleeping and deadlines.
+
+Every retry wait, timeout and duration goes through it, so tests can swap in
+`pipeline.testing.FakeClock` and never wait. The executor decides *when* to use time; this
+module only says *how* time is read and spent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol, final
+
+import anyio
+
+
+class Clock(Protocol):
+    """The time source `PipelineExecutor(clock=...)` uses."""
+
+    def now(self) -> float:
+        """Monotonic time in seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds` (retry backoff waits)."""
+        ...
+
+    def deadline_scope(self, seconds: float) -> anyio.CancelScope:
+        """A cancel scope that cancels itself `seconds` from now (timeouts)."""
+        ...
+
+
+@final
+class SystemClock:
+    """Real time: `time.perf_counter`, `anyio.sleep` and `anyio.move_on_after`."""
+
+    def now(self) -> float:
+        """Monotonic time in seconds."""
+        return time.perf_counter()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for real."""
+        await anyio.sleep(seconds)
+
+    def deadline_scope(self, seconds: float) -> anyio.CancelScope:
+        """`anyio.move_on_after(seconds)`: the event loop enforces the deadline."""
+        return anyio.move_on_after(seconds)

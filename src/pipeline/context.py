@@ -1,0 +1,162 @@
+"""The per-run `PipelineContext`: shared state, metrics, cancellation and injected dependencies.
+
+It holds no scheduling logic; the executor listens to its cancellation and reads its metrics.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+DepsT = TypeVar("DepsT")
+
+_WELL_KNOWN_SERVICES = ("provider", "config", "job_config", "session")
+
+
+class CancelToken(Protocol):
+    """Anything with `is_set()`, such as `anyio.Event`, `asyncio.Event` or `threading.Event`."""
+
+    def is_set(self) -> bool:
+        """True once cancellation was requested."""
+        ...
+
+
+class PipelineContext(Generic[DepsT]):
+    """State, metrics, cancellation and dependencies shared by every stage of a run.
+
+    `deps` is a typed dependency object (`PipelineContext[MyDeps]`); any other keyword argument
+    (`provider=...`, `config=...`, `job_config=...`, `session=...`) becomes a service reachable as
+    an attribute (`context.provider`). The four well-known service names read as None when not
+    given. State and metric updates take a lock, so sync stages in worker threads may use them.
+    """
+
+    @overload
+    def __init__(
+        self: PipelineContext[None],
+        *,
+        deps: None = None,
+        state: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        cancel_token: CancelToken | None = None,
+        **services: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        *,
+        deps: DepsT,
+        state: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        cancel_token: CancelToken | None = None,
+        **services: Any,
+    ) -> None: ...
+    def __init__(
+        self,
+        *,
+        deps: Any = None,
+        state: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        cancel_token: CancelToken | None = None,
+        **services: Any,
+    ) -> None:
+        self.deps: DepsT = deps
+        self.cancel_token: CancelToken | None = cancel_token
+        self._state: dict[str, Any] = dict(state or {})
+        self._metrics: dict[str, Any] = dict(metrics or {})
+        self._services: dict[str, Any] = dict(services)
+        self._lock = threading.Lock()
+        self._cancel_reason: str | None = None
+        self._cancel_listeners: list[Callable[[str], None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: services, then the well-known defaults.
+        services = self.__dict__.get("_services", {})
+        if name in services:
+            return services[name]
+        if name in _WELL_KNOWN_SERVICES:
+            return None
+        known = ", ".join(sorted(services)) or "none"
+        msg = (
+            f"PipelineContext has no service {name!r} (services: {known}); "
+            f"pass it as PipelineContext({name}=...)"
+        )
+        raise AttributeError(msg)
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, Any]:
+        """The live state dict; prefer `get_state`/`set_state` from worker threads."""
+        return self._state
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """The state value under `key`, or `default`."""
+        return self._state.get(key, default)
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Store `value` under `key` for downstream stages."""
+        with self._lock:
+            self._state[key] = value
+
+    # -- metrics -------------------------------------------------------------------------------
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The live metrics dict; `PipelineResult.metadata` starts as a copy of it."""
+        return self._metrics
+
+    def add_metric(self, name: str, value: Any) -> None:
+        """Set metric `name` to `value`."""
+        with self._lock:
+            self._metrics[name] = value
+
+    def increment_metric(self, name: str, amount: float = 1) -> None:
+        """Add `amount` to metric `name` (missing counts as 0)."""
+        with self._lock:
+            self._metrics[name] = self._metrics.get(name, 0) + amount
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """A consistent copy of the metrics."""
+        with self._lock:
+            return dict(self._metrics)
+
+    # -- cancellation --------------------------------------------------------------------------
+    def cancel(self, reason: str = "cancelled through the context") -> None:
+        """Request cancellation: the running pipeline cancels stages in flight and stops."""
+        with self._lock:
+            if self._cancel_reason is not None:
+                return
+            self._cancel_reason = reason
+            listeners = list(self._cancel_listeners)
+        for listener in listeners:
+            listener(reason)
+
+    def is_cancelled(self) -> bool:
+        """True after `cancel()` or once `cancel_token.is_set()`."""
+        if self._cancel_reason is not None:
+            return True
+        token = self.cancel_token
+        return token is not None and token.is_set()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """Why the context was cancelled, or None."""
+        if self._cancel_reason is not None:
+            return self._cancel_reason
+        token = self.cancel_token
+        if token is not None and token.is_set():
+            return "cancel_token is set"
+        return None
+
+    def _add_cancel_listener(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Register `listener(reason)` for `cancel()`; returns a function that removes it."""
+        with self._lock:
+            self._cancel_listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._cancel_listeners:
+                    self._cancel_listeners.remove(listener)
+
+        return remove

@@ -1,0 +1,224 @@
+"""Declarative values: `ExecutionPattern`, `RetryConfig`, `StageDefinition`, `PipelineDefinition`.
+
+Pure values and their validation; nothing here runs a stage or imports anyio. The wave plan
+lives in `pipeline.plan`, execution in `pipeline.executor`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING, Any, final
+
+from pipeline._validation import collect_issues
+from pipeline.errors import DefinitionError, PipelineValidationError
+
+if TYPE_CHECKING:
+    from pipeline.context import PipelineContext
+    from pipeline.errors import ValidationIssue
+    from pipeline.plan import ExecutionPlan
+    from pipeline.protocol import PipelineStage
+
+Condition = Callable[["PipelineContext[Any]"], "bool | Awaitable[bool]"]
+"""A stage condition: `condition(context) -> bool`, sync or async."""
+
+
+class ExecutionPattern(enum.StrEnum):
+    """How a stage is run.
+
+    `SEQUENTIAL` and `PARALLEL` run the stage once (parallelism comes from the graph: stages
+    whose inputs are done run concurrently either way); `FAN_OUT` runs it once per item of its
+    list input; `CONDITIONAL` requires a `condition` and skips the stage when it is false.
+    """
+
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    FAN_OUT = "fan_out"
+    CONDITIONAL = "conditional"
+
+
+def _require(ok: bool, owner: str, name: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise DefinitionError(owner, name, problem, fix)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """How often, and after which waits, a failed attempt is tried again.
+
+    The wait before retry n (n = 1, 2, ...) is
+    `initial_delay_ms * backoff_multiplier ** (n - 1)`, capped at `max_delay_ms`. An exception,
+    a timeout or a failed `StageResult` is retried when `retryable_errors` is None/empty or one
+    of its entries occurs (case-insensitively) in the error text or equals the exception's
+    class name.
+    """
+
+    max_attempts: int = 1
+    initial_delay_ms: float = 1000
+    backoff_multiplier: float = 2.0
+    max_delay_ms: float = 60000
+    retryable_errors: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        own = "RetryConfig"
+        attempts: object = self.max_attempts  # runtime check for callers without a type checker
+        _require(
+            isinstance(attempts, int) and self.max_attempts >= 1,
+            own, "max_attempts", f"is {self.max_attempts!r}", "use an int >= 1 (1 = no retry)",
+        )  # fmt: skip
+        for name in ("initial_delay_ms", "max_delay_ms"):
+            value: object = getattr(self, name)
+            _require(
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+                own, name, f"is {value!r}", "use a finite number of milliseconds >= 0",
+            )  # fmt: skip
+        multiplier: object = self.backoff_multiplier
+        _require(
+            isinstance(multiplier, int | float) and multiplier >= 1,
+            own, "backoff_multiplier", f"is {self.backoff_multiplier!r}", "use a number >= 1",
+        )  # fmt: skip
+        if self.retryable_errors is not None:
+            _require(
+                not isinstance(self.retryable_errors, str),
+                own, "retryable_errors", "is a str", 'pass a list such as ["timeout"]',
+            )  # fmt: skip
+            object.__setattr__(self, "retryable_errors", tuple(self.retryable_errors))
+
+    def delay_ms(self, retry_number: int) -> float:
+        """The wait before retry `retry_number` (1 = the first retry)."""
+        raw = self.initial_delay_ms * self.backoff_multiplier ** (retry_number - 1)
+        return min(raw, self.max_delay_ms)
+
+    def is_retryable(self, error: str | None, exception_type: str | None = None) -> bool:
+        """Whether a failure with this error text / exception class name may be retried."""
+        if not self.retryable_errors:
+            return True
+        text = (error or "").lower()
+        return any(
+            entry.lower() in text or entry == exception_type for entry in self.retryable_errors
+        )
+
+
+@final
+@dataclass(frozen=True)
+class StageDefinition:
+    """One stage of a pipeline: its id, the stage object and how it is wired and run.
+
+    Args:
+        id: Unique id within the pipeline; other stages name it in `inputs`.
+        stage: An object satisfying `PipelineStage`.
+        pattern: How the stage runs (`ExecutionPattern`).
+        inputs: Ids of the stages whose outputs this stage receives. None: the pipeline's
+            initial input; one: that stage's output; several: `{id: output}` in this order.
+        condition: `condition(context) -> bool` (or awaitable), checked just before the stage
+            would start; false skips it (dependents still run and receive None).
+        retry_config: Retry policy; None means one attempt.
+        timeout_ms: Bound on each attempt (each item's attempt for FAN_OUT).
+        critical: A failed non-critical stage does not fail the run; dependents receive None.
+        max_concurrent_fan_out: FAN_OUT concurrency cap; None or 0 means unlimited.
+        description: Free text, shown in graphs and summaries.
+        input_type: Declared input type (documentation and tooling).
+        output_type: Declared output type (for FAN_OUT: one item's output type).
+    """
+
+    id: str
+    stage: PipelineStage[Any, Any]
+    _: KW_ONLY
+    pattern: ExecutionPattern = ExecutionPattern.SEQUENTIAL
+    inputs: Sequence[str] = ()
+    condition: Condition | None = None
+    retry_config: RetryConfig | None = None
+    timeout_ms: float | None = None
+    critical: bool = True
+    max_concurrent_fan_out: int | None = 4
+    description: str | None = None
+    input_type: Any = None
+    output_type: Any = None
+
+    def __post_init__(self) -> None:
+        own = f"StageDefinition {self.id!r}"
+        sid: object = self.id
+        _require(
+            isinstance(sid, str) and bool(sid.strip()),
+            own, "id", "is empty or not a str", "give every stage a unique non-empty string id",
+        )  # fmt: skip
+        _require(
+            not isinstance(self.inputs, str),
+            own, "inputs", f"is the str {self.inputs!r}", f"use a list: inputs=[{self.inputs!r}]",
+        )  # fmt: skip
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "pattern", ExecutionPattern(self.pattern))
+        _require(
+            self.timeout_ms is None or (math.isfinite(self.timeout_ms) and self.timeout_ms > 0),
+            own, "timeout_ms", f"is {self.timeout_ms!r}", "use a positive number of ms or None",
+        )  # fmt: skip
+        cap: object = self.max_concurrent_fan_out
+        _require(
+            cap is None or (isinstance(cap, int) and cap >= 0),
+            own, "max_concurrent_fan_out", f"is {cap!r}", "use an int >= 1, or None/0 for no cap",
+        )  # fmt: skip
+        _require(
+            self.condition is None or callable(self.condition),
+            own, "condition", "is not callable", "pass a function of the context returning bool",
+        )  # fmt: skip
+
+
+@final
+@dataclass(frozen=True)
+class PipelineDefinition:
+    """A named set of stages. Constructing an invalid definition does not raise.
+
+    `validate_pipeline()` lists every problem as text; `validate()` raises
+    `PipelineValidationError` carrying them as structured `ValidationIssue`s.
+    """
+
+    name: str
+    stages: Sequence[StageDefinition] = field(default_factory=tuple)
+    description: str | None = None
+    fail_fast: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+
+    @functools.cached_property
+    def issues(self) -> tuple[ValidationIssue, ...]:
+        """Every problem with this definition, as structured items (empty when valid)."""
+        return collect_issues(self.stages)
+
+    def validate_pipeline(self) -> list[str]:
+        """Every problem with this definition, as messages (empty when valid)."""
+        return [issue.message for issue in self.issues]
+
+    def validate(self) -> None:
+        """Raise `PipelineValidationError` listing every problem, if there is any."""
+        if self.issues:
+            raise PipelineValidationError(self.name, self.issues)
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, StageDefinition]:
+        return {s.id: s for s in reversed(self.stages)}  # first definition wins on duplicates
+
+    def get_stage(self, stage_id: str) -> StageDefinition:
+        """The stage with `stage_id`; `KeyError` naming the known ids otherwise."""
+        try:
+            return self._by_id[stage_id]
+        except KeyError:
+            known = ", ".join(repr(s.id) for s in self.stages) or "none"
+            msg = f"pipeline {self.name!r} has no stage {stage_id!r}; known stages: {known}"
+            raise KeyError(msg) from None
+
+    def get_entry_points(self) -> list[StageDefinition]:
+        """The stages without inputs: they receive the pipeline's initial input."""
+        return [s for s in self.stages if not s.inputs]
+
+    @functools.cached_property
+    def plan(self) -> ExecutionPlan:
+        """The execution plan (waves, predecessors, successors); validates first."""
+        from pipeline.plan import build_plan  # plan imports this module
+
+        self.validate()
+        return build_plan(self.stages)
