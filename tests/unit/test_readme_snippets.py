@@ -1,0 +1,26 @@
+"""Every ```python block of README.md runs as written (they are documentation users copy)."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_readme_has_python_snippets() -> None:
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_snippet_runs(
+    index: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / f"snippet_{index}.py"
+    script.write_text(BLOCKS[index], encoding="utf-8")
+    runpy.run_path(str(script), run_name="__main__")
+    capsys.readouterr()
