@@ -1,0 +1,376 @@
+"""Retry (tenacity, waits through the clock) and timeouts (per attempt and per run).
+
+All time is virtual: `FakeClock.sleeps` records every wait. Scenarios run on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+from pipeline import (
+    PipelineContext,
+    PipelineDefinition,
+    PipelineExecutor,
+    PipelineResult,
+    RetryConfig,
+    Scheduling,
+    StageDefinition,
+    StageResult,
+)
+from pipeline.testing import FakeClock
+
+Body = Callable[[Any, PipelineContext[Any]], Awaitable[StageResult[Any]]]
+Backend = Literal["asyncio", "trio"]
+BACKENDS: list[Backend] = ["asyncio", "trio"]
+Scenario = Callable[[], Awaitable[None]]
+
+
+def on_both_backends(scenario: Scenario) -> Callable[[str], None]:
+    """Turn an async scenario into a sync test parametrised over the anyio backends."""
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test(backend: str) -> None:
+        anyio.run(scenario, backend=backend)
+
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+class Fn:
+    """A stage running `body`, counting calls and recording inputs."""
+
+    def __init__(self, body: Body, name: str = "fn") -> None:
+        self.body = body
+        self.name = name
+        self.calls = 0
+        self.inputs: list[Any] = []
+
+    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        self.calls += 1
+        self.inputs.append(input)
+        return await self.body(input, context)
+
+
+def const(value: Any) -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(value)
+
+    return Fn(body)
+
+
+def echo() -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(input)
+
+    return Fn(body)
+
+
+def flaky(failures: int, error: str = "boom", value: Any = "ok") -> Fn:
+    """Fails (returned failure) `failures` times, then succeeds."""
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if stage.calls <= failures:
+            return StageResult.failure(error)
+        return StageResult.success(value)
+
+    stage = Fn(body)
+    return stage
+
+
+def run_one(
+    stage: Fn,
+    clock: FakeClock,
+    *,
+    retry: RetryConfig | None = None,
+    timeout_ms: float | None = None,
+) -> Awaitable[PipelineResult]:
+    pipeline = PipelineDefinition(
+        "retry", [StageDefinition("s", stage, retry_config=retry, timeout_ms=timeout_ms)]
+    )
+    return PipelineExecutor(clock=clock).execute(pipeline)
+
+
+# -- retry ---------------------------------------------------------------------------------------------
+
+
+@on_both_backends
+async def test_waits_follow_exponential_backoff() -> None:
+    """Wait before retry n is initial * multiplier**(n-1); exhausted attempts say so."""
+    clock, stage = FakeClock(), flaky(10)
+    retry = RetryConfig(max_attempts=3, initial_delay_ms=1000, backoff_multiplier=2.0)
+    result = await run_one(stage, clock, retry=retry)
+    assert clock.sleeps == [1.0, 2.0]
+    assert stage.calls == 3
+    assert result.success is False
+    assert result.get_result("s").error == "Failed after 3 attempts. Last error: boom"
+    assert result.stage_runs["s"].attempts == 3
+
+
+@on_both_backends
+async def test_waits_are_capped_at_max_delay() -> None:
+    """The wait never exceeds max_delay_ms."""
+    clock, stage = FakeClock(), flaky(10)
+    retry = RetryConfig(
+        max_attempts=5, initial_delay_ms=1000, backoff_multiplier=3.0, max_delay_ms=5000
+    )
+    await run_one(stage, clock, retry=retry)
+    assert clock.sleeps == [1.0, 3.0, 5.0, 5.0]
+
+
+@on_both_backends
+async def test_success_after_retries() -> None:
+    """A stage that succeeds on attempt 3 succeeds; its output is the last attempt's."""
+    clock, stage = FakeClock(), flaky(2, value=42)
+    retry = RetryConfig(max_attempts=5, initial_delay_ms=200, backoff_multiplier=1.5)
+    result = await run_one(stage, clock, retry=retry)
+    assert result.success
+    assert result.outputs == {"s": 42}
+    assert clock.sleeps == [0.2, pytest.approx(0.3)]
+    assert stage.calls == 3
+    assert result.stage_runs["s"].attempts == 3
+    assert result.stage_runs["s"].duration_ms == pytest.approx(500.0)
+
+
+@on_both_backends
+async def test_exceptions_are_retried() -> None:
+    """A raised exception is retried like a failed result."""
+    clock = FakeClock()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if stage.calls < 3:
+            raise ConnectionError("reset by peer")
+        return StageResult.success("done")
+
+    stage = Fn(body)
+    result = await run_one(stage, clock, retry=RetryConfig(max_attempts=3, initial_delay_ms=10))
+    assert result.outputs == {"s": "done"}
+    assert clock.sleeps == [0.01, 0.02]
+
+
+@on_both_backends
+async def test_exhausted_exception_retries_keep_last_error() -> None:
+    """After the last attempt the error names the count and the last exception."""
+    clock = FakeClock()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        raise RuntimeError(f"attempt {stage.calls}")
+
+    stage = Fn(body)
+    result = await run_one(stage, clock, retry=RetryConfig(max_attempts=2, initial_delay_ms=1))
+    assert result.get_result("s").error == (
+        "Failed after 2 attempts. Last error: RuntimeError: attempt 2"
+    )
+    assert result.stage_runs["s"].exception_type == "RuntimeError"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        ("Request timeout after 30s", ["timeout", "rate_limit"]),
+        ("REQUEST TIMEOUT", ["timeout"]),
+        ("hit the Rate_Limit", ["timeout", "RATE_LIMIT"]),
+    ],
+)
+def test_retryable_errors_match_substring_case_insensitively(
+    backend: Backend, error: str, retryable: list[str]
+) -> None:
+    async def scenario() -> None:
+        clock, stage = FakeClock(), flaky(1, error=error)
+        retry = RetryConfig(max_attempts=3, initial_delay_ms=1000, retryable_errors=retryable)
+        result = await run_one(stage, clock, retry=retry)
+        assert result.success
+        assert stage.calls == 2
+        assert clock.sleeps == [1.0]
+
+    anyio.run(scenario, backend=backend)
+
+
+class RateLimitedError(Exception):
+    pass
+
+
+@on_both_backends
+async def test_retryable_errors_match_exception_class_name() -> None:
+    """An entry equal to the exception's class name makes it retryable."""
+    clock = FakeClock()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if stage.calls == 1:
+            raise RateLimitedError("slow down")
+        return StageResult.success("ok")
+
+    stage = Fn(body)
+    retry = RetryConfig(max_attempts=2, initial_delay_ms=1, retryable_errors=["RateLimitedError"])
+    result = await run_one(stage, clock, retry=retry)
+    assert result.success
+    assert stage.calls == 2
+
+
+@on_both_backends
+async def test_non_retryable_error_is_not_retried() -> None:
+    """An error matching no retryable entry fails after one attempt, without waiting."""
+    clock, stage = FakeClock(), flaky(10, error="invalid request")
+    retry = RetryConfig(max_attempts=3, retryable_errors=["timeout", "rate_limit"])
+    result = await run_one(stage, clock, retry=retry)
+    assert result.success is False
+    assert stage.calls == 1
+    assert clock.sleeps == []
+    error = result.get_result("s").error
+    assert error is not None
+    assert "invalid request" in error
+    assert result.stage_runs["s"].attempts == 1
+
+
+@on_both_backends
+async def test_no_retry_config_means_one_attempt() -> None:
+    """Without retry_config (or with max_attempts=1) the error is left as it is."""
+    clock = FakeClock()
+    stage = flaky(10)
+    result = await run_one(stage, clock)
+    assert stage.calls == 1
+    assert result.get_result("s").error == "boom"
+    stage = flaky(10)
+    result = await run_one(stage, clock, retry=RetryConfig(max_attempts=1))
+    assert stage.calls == 1
+    assert result.get_result("s").error == "boom"
+    assert clock.sleeps == []
+
+
+# -- per-attempt timeouts ---------------------------------------------------------------------------------
+
+
+def sleeper(clock: FakeClock, seconds: float, value: Any = "done") -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        await clock.sleep(seconds)
+        return StageResult.success(value)
+
+    return Fn(body)
+
+
+@on_both_backends
+async def test_timeout_fails_the_attempt() -> None:
+    """An attempt longer than timeout_ms fails with an error naming Timeout and the stage."""
+    clock = FakeClock()
+    stage = sleeper(clock, 10)
+    pipeline = PipelineDefinition("t", [StageDefinition("render", stage, timeout_ms=50)])
+    with anyio.fail_after(2):
+        result = await PipelineExecutor(clock=clock).execute(pipeline)
+    assert result.success is False
+    assert result.failed_stages == ["render"]
+    error = result.get_result("render").error
+    assert error is not None
+    assert "Timeout" in error
+    assert "render" in error
+    assert "timeout" in error.lower()
+    assert result.stage_runs["render"].exception_type == "StageTimeoutError"
+
+
+@on_both_backends
+async def test_stage_within_timeout_succeeds() -> None:
+    """A stage finishing before its timeout is unaffected."""
+    clock = FakeClock()
+    result = await run_one(sleeper(clock, 1.0, "quick"), clock, timeout_ms=5000)
+    assert result.outputs == {"s": "quick"}
+
+
+@on_both_backends
+async def test_timeout_is_retried_when_retryable() -> None:
+    """retryable_errors=["timeout"] matches the timeout error; each attempt gets its own bound."""
+    clock = FakeClock()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if stage.calls == 1:
+            await clock.sleep(10)  # times out
+        return StageResult.success("second try")
+
+    stage = Fn(body)
+    retry = RetryConfig(max_attempts=2, initial_delay_ms=500, retryable_errors=["timeout"])
+    with anyio.fail_after(2):
+        result = await run_one(stage, clock, retry=retry, timeout_ms=50)
+    assert result.success
+    assert result.outputs == {"s": "second try"}
+    assert stage.calls == 2
+    assert clock.sleeps == [10, 0.5]
+
+
+@on_both_backends
+async def test_repeated_timeouts_exhaust_attempts() -> None:
+    """Every attempt times out: the error says how many attempts and that it was a timeout."""
+    clock = FakeClock()
+    stage = sleeper(clock, 10)
+    retry = RetryConfig(max_attempts=3, initial_delay_ms=100, retryable_errors=["timeout"])
+    with anyio.fail_after(2):
+        result = await run_one(stage, clock, retry=retry, timeout_ms=50)
+    error = result.get_result("s").error
+    assert error is not None
+    assert error.startswith("Failed after 3 attempts. Last error: Timeout")
+    assert stage.calls == 3
+
+
+@on_both_backends
+async def test_timeout_not_retried_when_not_retryable() -> None:
+    """A timeout with retryable_errors that do not match it is not retried."""
+    clock = FakeClock()
+    stage = sleeper(clock, 10)
+    retry = RetryConfig(max_attempts=3, retryable_errors=["rate_limit"])
+    result = await run_one(stage, clock, retry=retry, timeout_ms=50)
+    assert stage.calls == 1
+    assert result.success is False
+
+
+# -- pipeline timeout ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scheduling", ["waves", "eager"])
+def test_pipeline_timeout_bounds_the_run(backend: Backend, scheduling: Scheduling) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        cleaned_up = anyio.Event()
+
+        async def hang(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+            try:
+                await clock.sleep(1)  # virtual time passes the 500 ms run deadline
+                await anyio.Event().wait()
+            finally:
+                cleaned_up.set()
+            return StageResult.success("never")
+
+        downstream = echo()
+        pipeline = PipelineDefinition(
+            "slow",
+            [
+                StageDefinition("first", const(1)),
+                StageDefinition("hang", Fn(hang), inputs=["first"]),
+                StageDefinition("after", downstream, inputs=["hang"]),
+            ],
+        )
+        executor = PipelineExecutor(clock=clock, timeout_ms=500, scheduling=scheduling)
+        with anyio.fail_after(2):
+            result = await executor.execute(pipeline)
+        assert result.success is False
+        assert cleaned_up.is_set()
+        assert result.error is not None
+        assert "timeout" in result.error.lower()
+        assert result.outputs == {"first": 1}
+        assert result.cancelled_stages == ["hang", "after"]
+        assert result.get_result("after").error == "[CANCELLED] not started"
+        assert downstream.calls == 0
+
+    anyio.run(scenario, backend=backend)
+
+
+@on_both_backends
+async def test_pipeline_timeout_not_reached() -> None:
+    """A run finishing within the pipeline timeout succeeds normally."""
+    clock = FakeClock()
+    executor = PipelineExecutor(clock=clock, timeout_ms=5000)
+    pipeline = PipelineDefinition("fast", [StageDefinition("a", sleeper(clock, 1))])
+    result = await executor.execute(pipeline)
+    assert result.success
+    assert result.error is None
