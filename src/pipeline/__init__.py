@@ -17,6 +17,7 @@ from pipeline.errors import (
     ValidationIssue,
 )
 from pipeline.executor import PipelineExecutor, Scheduling
+from pipeline.functions import FunctionStage, stage
 from pipeline.plan import ExecutionPlan
 from pipeline.protocol import PipelineStage
 from pipeline.resolve import resolve_typed_input
@@ -30,6 +31,7 @@ from pipeline.result import (
     skipped_result,
     success_result,
 )
+from pipeline.subpipeline import SubPipeline
 
 __all__ = [
     "CancelToken",
@@ -37,6 +39,7 @@ __all__ = [
     "DefinitionError",
     "ExecutionPattern",
     "ExecutionPlan",
+    "FunctionStage",
     "PipelineContext",
     "PipelineDefinition",
     "PipelineError",
@@ -54,11 +57,13 @@ __all__ = [
     "StageRun",
     "StageStatus",
     "StageTimeoutError",
+    "SubPipeline",
     "SystemClock",
     "ValidationIssue",
     "cancelled_result",
     "failure_result",
     "resolve_typed_input",
     "skipped_result",
+    "stage",
     "success_result",
 ]
