@@ -122,7 +122,12 @@ class StageDefinition:
         max_concurrent_fan_out: FAN_OUT concurrency cap; None or 0 means unlimited.
         description: Free text, shown in graphs and summaries.
         input_type: Declared input type (documentation and tooling).
-        output_type: Declared output type (for FAN_OUT: one item's output type).
+        output_type: Declared output type (for FAN_OUT: one item's output type); cached
+            outputs are restored to it.
+        cache: False keeps this stage out of the executor's cache.
+        cache_version: Part of the cache key: change it to invalidate old entries.
+        cache_code_fingerprint: Also key on the source of the stage's class, so editing the
+            code invalidates its entries.
     """
 
     id: str
@@ -138,6 +143,9 @@ class StageDefinition:
     description: str | None = None
     input_type: Any = None
     output_type: Any = None
+    cache: bool = True
+    cache_version: str | int = 0
+    cache_code_fingerprint: bool = False
 
     def __post_init__(self) -> None:
         own = f"StageDefinition {self.id!r}"
