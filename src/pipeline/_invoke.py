@@ -1,4 +1,4 @@
-"""One stage invocation as small composable steps: condition, fan-out, retry, timeout, execute.
+"""One stage invocation as small composable steps: condition, fan-out, cache, retry, timeout, execute.
 
 Each step is one function that knows nothing of the others; scheduling, fail-fast and run
 bookkeeping live in `pipeline.executor`, retry policy mechanics in `pipeline._retry`.
@@ -9,16 +9,19 @@ from __future__ import annotations
 import inspect
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from pipeline._retry import with_retry
 from pipeline.definition import ExecutionPattern
 from pipeline.errors import StageOutputError, StageTimeoutError
-from pipeline.result import UNKNOWN_STAGE, StageResult
+from pipeline.result import UNKNOWN_STAGE, StageResult, StageStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from pipeline.cache._step import StageCache
     from pipeline.clock import Clock
     from pipeline.context import PipelineContext
     from pipeline.definition import StageDefinition
@@ -32,6 +35,7 @@ class Outcome:
     attempts: int = 1
     exception: BaseException | None = None
     items: int | None = None
+    cached: bool = False
 
     @property
     def exception_type(self) -> str | None:
@@ -84,19 +88,55 @@ async def attempt_once(
     return Outcome(returned, attempt)
 
 
-async def invoke_once(
-    sdef: StageDefinition, value: Any, context: PipelineContext[Any], clock: Clock, item: int | None
+CACHE_WRITE_GRACE_S: Final = 10.0
+"""How long a shielded cache write may outlive the cancellation of its stage."""
+
+
+async def through_cache(
+    cache: StageCache, value: Any, item: int | None, compute: Callable[[], Awaitable[Outcome]]
 ) -> Outcome:
-    """One item (or the whole input) with the stage's retry policy around each attempt."""
+    """Serve `value` from the cache, or `compute()` it and store the output if it succeeded.
+
+    A hit makes no attempt (`attempts == 0`). The write is shielded: an output that was
+    computed is kept even when a sibling's failure is cancelling this stage right now.
+    """
+    hit, output, key = await cache.lookup(value, item)
+    if hit:
+        result = StageResult.success(output, stage_name=cache.stage_id, metadata={"cached": True})
+        return Outcome(result, attempts=0, cached=True)
+    outcome = await compute()
+    if key is not None and outcome.result.status is StageStatus.SUCCEEDED:
+        with anyio.move_on_after(CACHE_WRITE_GRACE_S, shield=True):
+            await cache.store_output(key, outcome.result.output, item)
+    return outcome
+
+
+async def invoke_once(
+    sdef: StageDefinition,
+    value: Any,
+    context: PipelineContext[Any],
+    clock: Clock,
+    item: int | None,
+    cache: StageCache | None = None,
+) -> Outcome:
+    """One item (or the whole input): the cache, then the retry policy around each attempt."""
 
     async def attempt(n: int) -> Outcome:
         return await attempt_once(sdef, value, context, clock, n, item)
 
-    return await with_retry(attempt, sdef.retry_config, clock)
+    if cache is None:
+        return await with_retry(attempt, sdef.retry_config, clock)
+    return await through_cache(
+        cache, value, item, lambda: with_retry(attempt, sdef.retry_config, clock)
+    )
 
 
 async def fan_out(
-    sdef: StageDefinition, items: Any, context: PipelineContext[Any], clock: Clock
+    sdef: StageDefinition,
+    items: Any,
+    context: PipelineContext[Any],
+    clock: Clock,
+    cache: StageCache | None = None,
 ) -> Outcome:
     """Run the stage once per item, at most `max_concurrent_fan_out` at a time.
 
@@ -111,15 +151,17 @@ async def fan_out(
     outputs: list[Any] = [None] * count
     failures: dict[int, Outcome] = {}
     max_attempts = 0
+    cached = 0
     indices = iter(range(count))
 
     async with anyio.create_task_group() as tg:
 
         async def worker() -> None:
-            nonlocal max_attempts
+            nonlocal max_attempts, cached
             for i in indices:
-                outcome = await invoke_once(sdef, items[i], context, clock, i)
+                outcome = await invoke_once(sdef, items[i], context, clock, i, cache)
                 max_attempts = max(max_attempts, outcome.attempts)
+                cached += outcome.cached
                 if not outcome.result.success:
                     failures[i] = outcome
                     tg.cancel_scope.cancel()
@@ -136,8 +178,11 @@ async def fan_out(
         error = f"FAN_OUT item(s) {failed} of {count} failed: {first.result.error}"
         result = StageResult.failure(error, stage_name=sid, metadata={"failed_items": failed})
         return Outcome(result, max_attempts, first.exception, count)
-    result = StageResult.success(outputs, stage_name=sid, metadata={"fan_out_items": count})
-    return Outcome(result, max_attempts, None, count)
+    metadata: dict[str, Any] = {"fan_out_items": count}
+    if cache is not None:
+        metadata["cached_items"] = cached
+    result = StageResult.success(outputs, stage_name=sid, metadata=metadata)
+    return Outcome(result, max_attempts, None, count, cached=count > 0 and cached == count)
 
 
 async def condition_holds(sdef: StageDefinition, context: PipelineContext[Any]) -> bool:
@@ -151,9 +196,13 @@ async def condition_holds(sdef: StageDefinition, context: PipelineContext[Any]) 
 
 
 async def invoke_stage(
-    sdef: StageDefinition, value: Any, context: PipelineContext[Any], clock: Clock
+    sdef: StageDefinition,
+    value: Any,
+    context: PipelineContext[Any],
+    clock: Clock,
+    cache: StageCache | None = None,
 ) -> Outcome:
-    """Condition, then fan-out or a single retried invocation."""
+    """Condition, then fan-out or a single invocation (each item or the whole input cached)."""
     sid = sdef.id
     try:
         run = await condition_holds(sdef, context)
@@ -165,5 +214,5 @@ async def invoke_stage(
         skipped = StageResult.skipped("condition returned False", stage_name=sid)
         return Outcome(skipped, attempts=0)
     if sdef.pattern is ExecutionPattern.FAN_OUT:
-        return await fan_out(sdef, value, context, clock)
-    return await invoke_once(sdef, value, context, clock, None)
+        return await fan_out(sdef, value, context, clock, cache)
+    return await invoke_once(sdef, value, context, clock, None, cache)

@@ -18,6 +18,8 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from pipeline._invoke import Outcome, invoke_stage
+from pipeline.cache._serialize import JsonSerializer
+from pipeline.cache._step import CacheTally, StageCache
 from pipeline.clock import SystemClock
 from pipeline.context import PipelineContext
 from pipeline.errors import DefinitionError
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
     from anyio.streams.memory import MemoryObjectSendStream
 
+    from pipeline.cache._serialize import Serializer
+    from pipeline.cache._store import CacheStore
     from pipeline.clock import Clock
     from pipeline.definition import PipelineDefinition, StageDefinition
     from pipeline.plan import ExecutionPlan
@@ -63,6 +67,8 @@ class _Run:
     results: dict[str, StageResult[Any]] = field(default_factory=dict)
     records: dict[str, StageRun] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
+    caches: dict[str, StageCache] = field(default_factory=dict)
+    cache_tally: CacheTally | None = None
     critical_failure: bool = False
     stop_kind: StopKind | None = None
     stop_reason: str | None = None
@@ -100,10 +106,15 @@ class _Run:
         self.results[sid] = result
         started_ms = None if t0 is None else (t0 - self.started) * 1000
         finished_ms = None if t1 is None else (t1 - self.started) * 1000
+        cache = self.caches.pop(sid, None) if self.caches else None
         self.records[sid] = StageRun.model_construct(
             stage_id=sid,
             status=result.status,
             attempts=outcome.attempts,
+            cached=outcome.cached,
+            cached_items=None if cache is None or not cache.item_level else cache.hits,
+            cache_warnings=() if cache is None else tuple(cache.warnings),
+            cache_errors=() if cache is None else tuple(cache.errors),
             started_ms=started_ms,
             finished_ms=finished_ms,
             duration_ms=0.0 if t0 is None or t1 is None else (t1 - t0) * 1000,
@@ -180,6 +191,7 @@ class _Run:
             stage_runs={sid: self.records[sid] for sid in order},
             error=error,
             scheduling=scheduling,
+            cache_stats=None if self.cache_tally is None else self.cache_tally.snapshot(),
         )
 
 
@@ -194,6 +206,11 @@ class PipelineExecutor:
             tests pass `pipeline.testing.FakeClock()`).
         timeout_ms: Bound on a whole run; when it passes, stages in flight are cancelled and the
             result fails with an error containing "Timeout".
+        cache: A `pipeline.cache.CacheStore` (`MemoryCache()`, `SQLiteCache(path)`): successful
+            outputs are stored, and a rerun serves a stage (or fan-out item) whose id, cache
+            version and input match without executing it. None (default): no caching.
+        cache_serializer: How outputs become bytes: `JsonSerializer()` (default; loading never
+            executes code) or `PickleSerializer()` (opt-in, for outputs JSON cannot hold).
     """
 
     def __init__(
@@ -202,6 +219,8 @@ class PipelineExecutor:
         scheduling: Scheduling = "waves",
         clock: Clock | None = None,
         timeout_ms: float | None = None,
+        cache: CacheStore | None = None,
+        cache_serializer: Serializer | None = None,
     ) -> None:
         if scheduling not in ("waves", "eager"):
             raise DefinitionError(
@@ -214,6 +233,10 @@ class PipelineExecutor:
         self.scheduling: Scheduling = scheduling
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.timeout_ms = timeout_ms
+        self.cache = cache
+        self.cache_serializer: Serializer = (
+            cache_serializer if cache_serializer is not None else JsonSerializer()
+        )
 
     async def execute(
         self,
@@ -238,6 +261,7 @@ class PipelineExecutor:
             eager=self.scheduling == "eager",
             initial_input=initial_input,
             started=self.clock.now(),
+            cache_tally=None if self.cache is None else CacheTally(),
         )
         send, receive = anyio.create_memory_object_stream[_Finished](math.inf)
         remove_listener = ctx._add_cancel_listener(self._cancel_listener(run))
@@ -291,7 +315,12 @@ class PipelineExecutor:
             scope = anyio.CancelScope()
             run.in_flight[sid] = scope
             sdef = run.definition.get_stage(sid)
-            tg.start_soon(self._stage_task, sdef, run.input_of(sdef), ctx, scope, send)
+            cache = None
+            if self.cache is not None and sdef.cache:
+                assert run.cache_tally is not None  # set whenever self.cache is
+                cache = StageCache(sdef, self.cache, self.cache_serializer, run.cache_tally)
+                run.caches[sid] = cache
+            tg.start_soon(self._stage_task, sdef, run.input_of(sdef), ctx, scope, send, cache)
 
     async def _stage_task(
         self,
@@ -300,12 +329,13 @@ class PipelineExecutor:
         context: PipelineContext[Any],
         scope: anyio.CancelScope,
         send: MemoryObjectSendStream[_Finished],
+        cache: StageCache | None,
     ) -> None:
         clock = self.clock
         t0 = clock.now()
         outcome: Outcome | None = None
         with scope:
-            outcome = await invoke_stage(sdef, value, context, clock)
+            outcome = await invoke_stage(sdef, value, context, clock, cache)
         send.send_nowait((sdef.id, outcome, t0, clock.now()))
 
     async def _watchdog(self, run: _Run) -> None:

@@ -236,13 +236,36 @@ class StageRun(FrozenModel):
     items: int | None = None
     """For a fan-out stage: how many items its input had."""
     cached: bool = False
-    """True when the output came from the cache instead of running the stage."""
+    """True when the output came from the cache instead of running the stage (for a fan-out
+    stage: every item did)."""
+    cached_items: int | None = None
+    """For a fan-out stage with the cache on: how many items came from the cache."""
+    cache_warnings: tuple[str, ...] = ()
+    """Why (part of) this stage was not cached: an input without a fingerprint, an output that
+    does not round-trip."""
+    cache_errors: tuple[str, ...] = ()
+    """Cache store failures met by this stage (the stage recomputed; the run went on)."""
     error: str | None = None
     """The failure or cancellation reason."""
     exception_type: str | None = None
     """Class name of the exception behind the failure, if one was raised."""
     traceback: str | None = None
     """Formatted traceback of that exception, kept for debugging."""
+
+
+class CacheStats(FrozenModel):
+    """Cache counters of one run (`PipelineResult.cache_stats`); fan-out items count one by one."""
+
+    hits: int = 0
+    """Lookups served from the cache (the stage or item did not run)."""
+    misses: int = 0
+    """Lookups that found nothing usable (absent, expired or unreadable)."""
+    writes: int = 0
+    """Successful outputs stored."""
+    errors: int = 0
+    """Store or read failures (each recomputed; see `StageRun.cache_errors`)."""
+    uncacheable: int = 0
+    """Invocations not cached because the input or output could not be stored faithfully."""
 
 
 class PipelineResult(FrozenModel):
@@ -276,6 +299,8 @@ class PipelineResult(FrozenModel):
     """A run-level failure reason (invalid definition, pipeline timeout, cancellation)."""
     scheduling: str = "waves"
     """The scheduling policy the run used."""
+    cache_stats: CacheStats | None = None
+    """Cache hits, misses and writes of this run; None when the executor had no cache."""
 
     def _known(self) -> str:
         return ", ".join(repr(s) for s in self.stage_results) or "none"
