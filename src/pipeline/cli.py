@@ -1,0 +1,206 @@
+"""The `pipeline` command line: validate, draw and run a definition named as `MODULE:ATTR`.
+
+    python -m pipeline validate MODULE:ATTR
+    python -m pipeline graph MODULE:ATTR [--format mermaid|dot] [--waves]
+    python -m pipeline run MODULE:ATTR [--input JSON] [--cache PATH] [--scheduling waves|eager]
+
+Exit codes: 0 success, 1 an invalid definition or a failed run, 2 bad arguments (one line on
+stderr). The graph text is `pipeline.viz`, the table `pipeline._summary`, the live display
+`pipeline.observers.progress`; this module only parses arguments and wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from pipeline.definition import PipelineDefinition
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pipeline.result import PipelineResult
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipeline", description="Validate, draw and run pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    target_help = (
+        "the definition as module:attribute (a PipelineDefinition or a function making one)"
+    )
+
+    validate = sub.add_parser("validate", help="list every problem of a definition (exit 1 if any)")
+    validate.add_argument("target", help=target_help)
+
+    graph = sub.add_parser("graph", help="print the definition's graph as Mermaid or DOT text")
+    graph.add_argument("target", help=target_help)
+    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    graph.add_argument("--waves", action="store_true", help="group stages into wave subgraphs")
+
+    run = sub.add_parser("run", help="run the pipeline and print a summary (exit 1 on failure)")
+    run.add_argument("target", help=target_help)
+    run.add_argument("--input", dest="input_json", help="the initial input, as JSON")
+    run.add_argument("--cache", metavar="PATH", help="a SQLite cache file (created if missing)")
+    run.add_argument("--scheduling", choices=("waves", "eager"), default="waves")
+    run.add_argument(
+        "--no-progress", action="store_true", help="no live display even on a terminal"
+    )
+    return parser
+
+
+def _echo(text: str, *, err: bool = False) -> None:
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def load_definition(target: str) -> PipelineDefinition:
+    """Import `module:attr` (the current directory is importable) and return the definition.
+
+    The attribute may be a `PipelineDefinition` or a zero-argument callable returning one.
+
+    Raises:
+        UsageError: The path is malformed, the import fails or the object is not a definition.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"expected MODULE:ATTR, got {target!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, PipelineDefinition) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, PipelineDefinition):
+        kind = type(obj).__name__
+        raise UsageError(f"{target!r} is a {kind}, not a PipelineDefinition")
+    return obj
+
+
+def _problems(definition: PipelineDefinition) -> list[str]:
+    messages = definition.validate_pipeline()
+    lines = [f"pipeline {definition.name!r} is invalid ({len(messages)} problem(s)):"]
+    lines.extend(f"  - {m}" for m in messages)
+    return lines
+
+
+def _validate(definition: PipelineDefinition) -> int:
+    if definition.issues:
+        _echo("\n".join(_problems(definition)))
+        return EXIT_FAILED
+    plan = definition.plan
+    _echo(
+        f"pipeline {definition.name!r} is valid: "
+        f"{len(plan.order)} stage(s) in {len(plan.waves)} wave(s)"
+    )
+    return EXIT_OK
+
+
+def _graph(definition: PipelineDefinition, fmt: str, *, waves: bool) -> int:
+    from pipeline.viz import to_dot, to_mermaid
+
+    if definition.issues:
+        _echo("\n".join(_problems(definition)), err=True)
+        return EXIT_FAILED
+    render = to_mermaid if fmt == "mermaid" else to_dot
+    sys.stdout.write(render(definition, waves=waves))
+    return EXIT_OK
+
+
+def _progress_observers(enabled: bool) -> list[Any]:
+    if not enabled or not sys.stdout.isatty():
+        return []
+    try:
+        from pipeline.observers.progress import ProgressObserver
+    except ImportError:
+        return []
+    return [ProgressObserver(transient=True)]
+
+
+def _run(
+    definition: PipelineDefinition,
+    *,
+    input_json: str | None,
+    cache_path: str | None,
+    scheduling: str,
+    progress: bool,
+) -> int:
+    import anyio
+
+    from pipeline._summary import render_summary
+    from pipeline.executor import PipelineExecutor
+
+    initial: Any = None
+    if input_json is not None:
+        try:
+            initial = json.loads(input_json)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--input is not valid JSON: {exc}") from exc
+    if definition.issues:
+        _echo("\n".join(_problems(definition)))
+        return EXIT_FAILED
+
+    kwargs: dict[str, Any] = {"scheduling": scheduling}
+    accepted = inspect.signature(PipelineExecutor).parameters
+    observers = _progress_observers(progress)
+    if observers and "observers" in accepted:  # until the executor emits events, no display
+        kwargs["observers"] = observers
+
+    async def execute() -> PipelineResult:
+        if cache_path is None:
+            return await PipelineExecutor(**kwargs).execute(definition, initial)
+        from pipeline.cache import SQLiteCache
+
+        async with SQLiteCache(cache_path) as cache:
+            return await PipelineExecutor(**kwargs, cache=cache).execute(definition, initial)
+
+    result = anyio.run(execute)
+    _echo(render_summary(result, definition))
+    return EXIT_OK if result.success else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default `sys.argv[1:]`); return the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+        definition = load_definition(args.target)
+        if args.command == "validate":
+            return _validate(definition)
+        if args.command == "graph":
+            return _graph(definition, args.format, waves=args.waves)
+        return _run(
+            definition,
+            input_json=args.input_json,
+            cache_path=args.cache,
+            scheduling=args.scheduling,
+            progress=not args.no_progress,
+        )
+    except UsageError as exc:
+        _echo(f"pipeline: error: {exc}", err=True)
+        return EXIT_USAGE
