@@ -1,0 +1,357 @@
+"""FAN_OUT: list input, per-item runs in input order, concurrency cap, item failure, per-item retry.
+
+Scenarios run on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from pipeline import (
+    ExecutionPattern,
+    PipelineContext,
+    PipelineDefinition,
+    PipelineExecutor,
+    RetryConfig,
+    StageDefinition,
+    StageResult,
+)
+from pipeline.testing import FakeClock
+
+Body = Callable[[Any, PipelineContext[Any]], Awaitable[StageResult[Any]]]
+Backend = Literal["asyncio", "trio"]
+BACKENDS: list[Backend] = ["asyncio", "trio"]
+Scenario = Callable[[], Awaitable[None]]
+
+
+def on_both_backends(scenario: Scenario) -> Callable[[str], None]:
+    """Turn an async scenario into a sync test parametrised over the anyio backends."""
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test(backend: str) -> None:
+        anyio.run(scenario, backend=backend)
+
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+class Fn:
+    """A stage running `body`, counting calls and recording inputs."""
+
+    def __init__(self, body: Body, name: str = "fn") -> None:
+        self.body = body
+        self.name = name
+        self.calls = 0
+        self.inputs: list[Any] = []
+
+    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        self.calls += 1
+        self.inputs.append(input)
+        return await self.body(input, context)
+
+
+def const(value: Any) -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(value)
+
+    return Fn(body)
+
+
+def echo() -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(input)
+
+    return Fn(body)
+
+
+def fan(
+    stage: Fn,
+    *,
+    cap: int | None = 4,
+    retry: RetryConfig | None = None,
+    timeout_ms: float | None = None,
+) -> PipelineDefinition:
+    return PipelineDefinition(
+        "fan",
+        [
+            StageDefinition("items", echo()),
+            StageDefinition(
+                "each",
+                stage,
+                pattern=ExecutionPattern.FAN_OUT,
+                inputs=["items"],
+                max_concurrent_fan_out=cap,
+                retry_config=retry,
+                timeout_ms=timeout_ms,
+            ),
+        ],
+    )
+
+
+def double() -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(input * 2)
+
+    return Fn(body)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("value", "type_name"), [(5, "int"), ("abc", "str"), ({"a": 1}, "dict"), (None, "NoneType")]
+)
+def test_fan_out_requires_list_input(backend: Backend, value: Any, type_name: str) -> None:
+    async def scenario() -> None:
+        stage = double()
+        result = await PipelineExecutor().execute(fan(stage), value)
+        assert result.success is False
+        assert result.get_result("each").error == f"FAN_OUT requires list input, got {type_name}"
+        assert stage.calls == 0
+
+    anyio.run(scenario, backend=backend)
+
+
+@on_both_backends
+async def test_fan_out_runs_once_per_item_in_input_order() -> None:
+    """Items finish in reverse order; the output still follows the input order."""
+    n = 6
+    done = [anyio.Event() for _ in range(n)]
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if input + 1 < n:
+            await done[input + 1].wait()  # the last item finishes first
+        done[input].set()
+        return StageResult.success(f"item-{input}")
+
+    stage = Fn(body)
+    with anyio.fail_after(2):
+        result = await PipelineExecutor().execute(fan(stage, cap=None), list(range(n)))
+    assert result.success
+    assert result.outputs["each"] == [f"item-{i}" for i in range(n)]
+    assert sorted(stage.inputs) == list(range(n))
+    run = result.stage_runs["each"]
+    assert run.items == n
+    assert run.attempts == 1
+
+
+@on_both_backends
+async def test_fan_out_accepts_tuple_and_entry_input() -> None:
+    """A tuple works too, and a fan-out without inputs maps over the initial input."""
+    pipeline = PipelineDefinition(
+        "fan", [StageDefinition("each", double(), pattern=ExecutionPattern.FAN_OUT)]
+    )
+    result = await PipelineExecutor().execute(pipeline, (1, 2, 3))
+    assert result.outputs == {"each": [2, 4, 6]}
+
+
+@on_both_backends
+async def test_fan_out_empty_list_gives_empty_list() -> None:
+    """An empty list is a success with output [] and no stage call."""
+    stage = double()
+    result = await PipelineExecutor().execute(fan(stage), [])
+    assert result.success
+    assert result.outputs["each"] == []
+    assert stage.calls == 0
+
+
+def counting_stage(peak: list[int]) -> Fn:
+    active = 0
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        nonlocal active
+        active += 1
+        peak[0] = max(peak[0], active)
+        for _ in range(5):  # every concurrently started item gets to run before any finishes
+            await anyio.lowlevel.checkpoint()
+        active -= 1
+        return StageResult.success(input)
+
+    return Fn(body)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("cap", "expected_peak"), [(1, 1), (3, 3), (4, 4), (None, 10), (0, 10)])
+def test_fan_out_concurrency_cap(backend: Backend, cap: int | None, expected_peak: int) -> None:
+    async def scenario() -> None:
+        peak = [0]
+        stage = counting_stage(peak)
+        items = list(range(10))
+        result = await PipelineExecutor().execute(fan(stage, cap=cap), items)
+        assert result.outputs["each"] == items
+        assert stage.calls == 10
+        assert peak[0] == expected_peak
+
+    anyio.run(scenario, backend=backend)
+
+
+@on_both_backends
+async def test_default_cap_is_four() -> None:
+    """Without max_concurrent_fan_out, at most 4 items run at once."""
+    peak = [0]
+    stage = counting_stage(peak)
+    pipeline = PipelineDefinition(
+        "fan", [StageDefinition("each", stage, pattern=ExecutionPattern.FAN_OUT)]
+    )
+    result = await PipelineExecutor().execute(pipeline, list(range(9)))
+    assert result.success
+    assert peak[0] == 4
+
+
+@on_both_backends
+async def test_item_failure_fails_stage_and_cancels_remaining_items() -> None:
+    """A failed item fails the stage, names its index, and cancels the items in flight."""
+    n = 6
+    started = [anyio.Event() for _ in range(n)]
+    cancelled: list[int] = []
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        started[input].set()
+        if input == 3:
+            for event in started:
+                await event.wait()  # every item is in flight
+            return StageResult.failure("group 3 exploded")
+        try:
+            await anyio.Event().wait()  # forever, unless cancelled
+        finally:
+            cancelled.append(input)
+        return StageResult.success(input)
+
+    downstream = echo()
+    pipeline = PipelineDefinition(
+        "fan",
+        [
+            StageDefinition("items", echo()),
+            StageDefinition(
+                "each",
+                Fn(body),
+                pattern=ExecutionPattern.FAN_OUT,
+                inputs=["items"],
+                max_concurrent_fan_out=None,
+            ),
+            StageDefinition("after", downstream, inputs=["each"]),
+        ],
+    )
+    with anyio.fail_after(2):
+        result = await PipelineExecutor().execute(pipeline, list(range(n)))
+    assert result.success is False
+    assert result.failed_stages == ["each"]
+    error = result.get_result("each").error
+    assert error is not None
+    assert "[3]" in error
+    assert "group 3 exploded" in error
+    assert result.get_result("each").metadata["failed_items"] == [3]
+    assert sorted(cancelled) == [0, 1, 2, 4, 5]
+    assert downstream.calls == 0
+    assert "each" not in result.outputs
+
+
+@on_both_backends
+async def test_item_failure_stops_pulling_new_items() -> None:
+    """With a cap of 1, items after the failed one never start."""
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if input == 2:
+            raise ValueError("bad item")
+        return StageResult.success(input)
+
+    stage = Fn(body)
+    result = await PipelineExecutor().execute(fan(stage, cap=1), list(range(6)))
+    assert result.success is False
+    assert stage.inputs == [0, 1, 2]
+    error = result.get_result("each").error
+    assert error is not None
+    assert "[2]" in error
+    assert "ValueError: bad item" in error
+
+
+@on_both_backends
+async def test_each_item_is_retried_on_its_own() -> None:
+    """A failing item is retried without re-running the items that succeeded."""
+    clock = FakeClock()
+    failed_once: set[int] = set()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if input == 2 and input not in failed_once:
+            failed_once.add(input)
+            return StageResult.failure("transient")
+        return StageResult.success(input * 10)
+
+    stage = Fn(body)
+    retry = RetryConfig(max_attempts=2, initial_delay_ms=250)
+    result = await PipelineExecutor(clock=clock).execute(fan(stage, retry=retry), [0, 1, 2, 3])
+    assert result.success
+    assert result.outputs["each"] == [0, 10, 20, 30]
+    assert sorted(stage.inputs) == [0, 1, 2, 2, 3]
+    assert clock.sleeps == [0.25]
+    assert result.stage_runs["each"].attempts == 2
+
+
+@on_both_backends
+async def test_item_retries_exhausted() -> None:
+    """An item that keeps failing uses up its own attempts, then fails the stage."""
+    clock = FakeClock()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        if input == 1:
+            return StageResult.failure("always")
+        return StageResult.success(input)
+
+    stage = Fn(body)
+    retry = RetryConfig(max_attempts=3, initial_delay_ms=100)
+    result = await PipelineExecutor(clock=clock).execute(fan(stage, cap=1, retry=retry), [0, 1])
+    assert stage.inputs == [0, 1, 1, 1]
+    error = result.get_result("each").error
+    assert error is not None
+    assert "Failed after 3 attempts" in error
+    assert clock.sleeps == [0.1, 0.2]
+
+
+@on_both_backends
+async def test_each_item_has_its_own_timeout() -> None:
+    """timeout_ms bounds each item's attempt; a slow item fails the stage with Timeout."""
+    clock = FakeClock()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        await clock.sleep(0.04 if input != 1 else 10)
+        return StageResult.success(input)
+
+    stage = Fn(body)
+    with anyio.fail_after(2):
+        result = await PipelineExecutor(clock=clock).execute(
+            fan(stage, cap=1, timeout_ms=50), [0, 1, 2]
+        )
+    error = result.get_result("each").error
+    assert error is not None
+    assert "Timeout" in error
+    assert "[1]" in error
+
+
+@on_both_backends
+async def test_readme_fan_out_definition() -> None:
+    """The README's fan-out: per-group planning with retry, output one entry per group."""
+
+    async def plan_group(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success({"group": input["name"], "plan": "ok"})
+
+    pipeline = PipelineDefinition(
+        "groups",
+        [
+            StageDefinition("group_contexts", echo()),
+            StageDefinition(
+                id="groups",
+                stage=Fn(plan_group),
+                pattern=ExecutionPattern.FAN_OUT,
+                inputs=["group_contexts"],
+                retry_config=RetryConfig(max_attempts=2),
+            ),
+        ],
+    )
+    result = await PipelineExecutor().execute(pipeline, [{"name": "roof"}, {"name": "tree"}])
+    assert result.outputs["groups"] == [
+        {"group": "roof", "plan": "ok"},
+        {"group": "tree", "plan": "ok"},
+    ]
