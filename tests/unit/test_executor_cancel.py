@@ -1,0 +1,340 @@
+"""Cancellation: through the context (cancel(), cancel_token) and of the awaiting task.
+
+Scenarios run on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from pipeline import (
+    ExecutionPattern,
+    PipelineContext,
+    PipelineDefinition,
+    PipelineExecutor,
+    PipelineResult,
+    Scheduling,
+    StageDefinition,
+    StageResult,
+    StageStatus,
+)
+
+Body = Callable[[Any, PipelineContext[Any]], Awaitable[StageResult[Any]]]
+Backend = Literal["asyncio", "trio"]
+BACKENDS: list[Backend] = ["asyncio", "trio"]
+Scenario = Callable[[], Awaitable[None]]
+
+
+def on_both_backends(scenario: Scenario) -> Callable[[str], None]:
+    """Turn an async scenario into a sync test parametrised over the anyio backends."""
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test(backend: str) -> None:
+        anyio.run(scenario, backend=backend)
+
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+class Fn:
+    """A stage running `body`, counting calls and recording inputs."""
+
+    def __init__(self, body: Body, name: str = "fn") -> None:
+        self.body = body
+        self.name = name
+        self.calls = 0
+        self.inputs: list[Any] = []
+
+    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        self.calls += 1
+        self.inputs.append(input)
+        return await self.body(input, context)
+
+
+def const(value: Any) -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(value)
+
+    return Fn(body)
+
+
+def echo() -> Fn:
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(input)
+
+    return Fn(body)
+
+
+def blocker(started: anyio.Event, finished: list[str], name: str) -> Fn:
+    """Signals `started`, then waits forever; records `name` in `finished` when unwound."""
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        started.set()
+        try:
+            await anyio.Event().wait()
+        finally:
+            finished.append(name)
+        return StageResult.success("never")
+
+    return Fn(body)
+
+
+# -- through the context -------------------------------------------------------------------------------
+
+
+@on_both_backends
+async def test_cancel_from_inside_a_stage() -> None:
+    """A stage calling context.cancel() stops the run: in-flight siblings and later stages."""
+    sibling_started = anyio.Event()
+    unwound: list[str] = []
+
+    async def stopper(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        await sibling_started.wait()
+        context.cancel("user pressed stop")
+        return StageResult.success("stopped")
+
+    later = echo()
+    pipeline = PipelineDefinition(
+        "c",
+        [
+            StageDefinition("stopper", Fn(stopper)),
+            StageDefinition("sibling", blocker(sibling_started, unwound, "sibling")),
+            StageDefinition("later", later, inputs=["stopper"]),
+        ],
+    )
+    ctx = PipelineContext()
+    with anyio.fail_after(2):
+        result = await PipelineExecutor().execute(pipeline, None, ctx)
+    assert result.success is False
+    assert unwound == ["sibling"]
+    assert later.calls == 0
+    assert result.cancelled_stages == ["sibling", "later"]
+    assert result.get_result("later").error == "[CANCELLED] not started"
+    assert result.metadata["cancellation"] == {"reason": "user pressed stop"}
+    assert result.outputs == {"stopper": "stopped"}
+    assert ctx.is_cancelled()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scheduling", ["waves", "eager"])
+def test_cancel_from_another_task(backend: Backend, scheduling: Scheduling) -> None:
+    async def scenario() -> None:
+        started = anyio.Event()
+        unwound: list[str] = []
+        later = echo()
+        pipeline = PipelineDefinition(
+            "c",
+            [
+                StageDefinition("first", const(1)),
+                StageDefinition("slow", blocker(started, unwound, "slow"), inputs=["first"]),
+                StageDefinition("later", later, inputs=["slow"]),
+            ],
+        )
+        ctx = PipelineContext()
+        results: list[PipelineResult] = []
+
+        async def run() -> None:
+            results.append(await PipelineExecutor(scheduling=scheduling).execute(pipeline, 0, ctx))
+
+        with anyio.fail_after(2):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await started.wait()
+                ctx.cancel("operator abort")
+        (result,) = results
+        assert result.success is False
+        assert unwound == ["slow"]
+        assert result.cancelled_stages == ["slow", "later"]
+        assert result.get_result("slow").status is StageStatus.CANCELLED
+        assert later.calls == 0
+        assert result.metadata["cancellation"]["reason"] == "operator abort"
+        assert result.outputs == {"first": 1}
+
+    anyio.run(scenario, backend=backend)
+
+
+@on_both_backends
+async def test_cancel_from_a_worker_thread() -> None:
+    """A sync stage running in a worker thread may cancel the run through the context."""
+    started = anyio.Event()
+    unwound: list[str] = []
+
+    async def stopper(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        await started.wait()
+        await anyio.to_thread.run_sync(context.cancel, "from thread")
+        return StageResult.success(None)
+
+    pipeline = PipelineDefinition(
+        "c",
+        [
+            StageDefinition("stopper", Fn(stopper)),
+            StageDefinition("slow", blocker(started, unwound, "slow")),
+        ],
+    )
+    with anyio.fail_after(2):
+        result = await PipelineExecutor().execute(pipeline, None, PipelineContext())
+    assert result.success is False
+    assert unwound == ["slow"]
+    assert result.cancelled_stages == ["slow"]
+    assert result.metadata["cancellation"] == {"reason": "from thread"}
+
+
+@on_both_backends
+async def test_anyio_event_token_set_by_another_task() -> None:
+    """Setting an anyio.Event cancel_token cancels the stages in flight at once."""
+    token = anyio.Event()
+    started = anyio.Event()
+    unwound: list[str] = []
+    later = echo()
+    pipeline = PipelineDefinition(
+        "c",
+        [
+            StageDefinition("slow", blocker(started, unwound, "slow")),
+            StageDefinition("later", later, inputs=["slow"]),
+        ],
+    )
+    ctx = PipelineContext(cancel_token=token)
+    results: list[PipelineResult] = []
+
+    async def run() -> None:
+        results.append(await PipelineExecutor().execute(pipeline, None, ctx))
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            token.set()
+    (result,) = results
+    assert result.success is False
+    assert unwound == ["slow"]
+    assert result.cancelled_stages == ["slow", "later"]
+    assert "cancellation" in result.metadata
+    assert later.calls == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scheduling", ["waves", "eager"])
+def test_threading_event_token_checked_at_stage_boundaries(
+    backend: Backend, scheduling: Scheduling
+) -> None:
+    async def scenario() -> None:
+        token = threading.Event()
+
+        async def first(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+            token.set()  # e.g. a signal handler in another thread
+            return StageResult.success("first")
+
+        second, third = echo(), echo()
+        pipeline = PipelineDefinition(
+            "c",
+            [
+                StageDefinition("first", Fn(first)),
+                StageDefinition("second", second, inputs=["first"]),
+                StageDefinition("third", third, inputs=["second"]),
+            ],
+        )
+        ctx = PipelineContext(cancel_token=token)
+        with anyio.fail_after(2):
+            result = await PipelineExecutor(scheduling=scheduling).execute(pipeline, None, ctx)
+        assert result.success is False
+        assert result.outputs == {"first": "first"}
+        assert result.cancelled_stages == ["second", "third"]
+        assert second.calls == third.calls == 0
+        assert "cancellation" in result.metadata
+
+    anyio.run(scenario, backend=backend)
+
+
+@on_both_backends
+async def test_token_already_set_runs_nothing() -> None:
+    """A run whose token is set before it starts runs no stage."""
+    token = threading.Event()
+    token.set()
+    stage = const(1)
+    pipeline = PipelineDefinition("c", [StageDefinition("a", stage)])
+    result = await PipelineExecutor().execute(pipeline, None, PipelineContext(cancel_token=token))
+    assert result.success is False
+    assert stage.calls == 0
+    assert result.cancelled_stages == ["a"]
+    assert "cancellation" in result.metadata
+
+
+# -- cancelling the caller -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pattern", [ExecutionPattern.SEQUENTIAL, ExecutionPattern.FAN_OUT])
+def test_cancelling_the_caller_propagates_and_leaves_no_task(
+    backend: Backend, pattern: ExecutionPattern
+) -> None:
+    async def scenario() -> None:
+        running = 0
+        entered = 0
+        unwound: list[int] = []
+        all_started = anyio.Event()
+        expected = 3 if pattern is ExecutionPattern.FAN_OUT else 2
+
+        async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+            nonlocal running, entered
+            running += 1
+            entered += 1
+            if entered == expected:
+                all_started.set()
+            try:
+                await anyio.Event().wait()
+            finally:
+                running -= 1
+                unwound.append(1)
+            return StageResult.success(input)
+
+        stage = Fn(body)
+        stages = [StageDefinition("a", stage, pattern=pattern, max_concurrent_fan_out=None)]
+        if pattern is ExecutionPattern.SEQUENTIAL:
+            stages.append(StageDefinition("b", stage))
+        pipeline = PipelineDefinition("c", stages)
+        outcome: list[str] = []
+
+        async def run() -> None:
+            try:
+                await PipelineExecutor().execute(pipeline, [1, 2, 3])
+            except anyio.get_cancelled_exc_class():
+                outcome.append("cancelled")
+                raise
+            outcome.append("returned")  # pragma: no cover - must not happen
+
+        with anyio.fail_after(2):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await all_started.wait()
+                tg.cancel_scope.cancel()
+        assert outcome == ["cancelled"]
+        assert running == 0
+        assert len(unwound) == expected
+
+    anyio.run(scenario, backend=backend)
+
+
+async def test_cancel_scope_deadline_around_execute() -> None:
+    """A caller's move_on_after cancels the run and execute does not return a result."""
+    started = anyio.Event()
+    unwound: list[str] = []
+    pipeline = PipelineDefinition("c", [StageDefinition("slow", blocker(started, unwound, "s"))])
+    results: list[PipelineResult] = []
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_when_started() -> None:
+                await started.wait()
+                scope.cancel()
+
+            tg.start_soon(cancel_when_started)
+            results.append(await PipelineExecutor().execute(pipeline))
+    assert scope.cancelled_caught
+    assert results == []
+    assert unwound == ["s"]
