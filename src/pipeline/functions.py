@@ -16,12 +16,17 @@ import anyio.to_thread
 from pipeline.result import StageResult
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Coroutine
 
     from pipeline.context import PipelineContext
 
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
+
+# The overloads below say `Coroutine`, not `Awaitable`: an async function then matches the
+# async and the sync overloads with the *same* inferred parameter type, so mypy picks the first
+# instead of giving up with `Any` when the function's annotations contain `Any`
+# (`ctx: PipelineContext[Any]`).
 
 
 @final
@@ -57,7 +62,7 @@ class FunctionStage(Generic[InT, OutT]):
     @overload
     def __init__(
         self: FunctionStage[InT, OutT],
-        fn: Callable[[InT, PipelineContext[Any]], Awaitable[StageResult[OutT]]],
+        fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, StageResult[OutT]]],
         /,
         *,
         name: str | None = None,
@@ -66,7 +71,7 @@ class FunctionStage(Generic[InT, OutT]):
     @overload
     def __init__(
         self: FunctionStage[InT, OutT],
-        fn: Callable[[InT, PipelineContext[Any]], Awaitable[OutT]],
+        fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, OutT]],
         /,
         *,
         name: str | None = None,
@@ -142,11 +147,11 @@ class StageDecorator(Protocol):
 
     @overload
     def __call__(
-        self, fn: Callable[[InT, PipelineContext[Any]], Awaitable[StageResult[OutT]]], /
+        self, fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, StageResult[OutT]]], /
     ) -> FunctionStage[InT, OutT]: ...
     @overload
     def __call__(
-        self, fn: Callable[[InT, PipelineContext[Any]], Awaitable[OutT]], /
+        self, fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, OutT]], /
     ) -> FunctionStage[InT, OutT]: ...
     @overload
     def __call__(
@@ -160,11 +165,11 @@ class StageDecorator(Protocol):
 
 @overload
 def stage(
-    fn: Callable[[InT, PipelineContext[Any]], Awaitable[StageResult[OutT]]], /
+    fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, StageResult[OutT]]], /
 ) -> FunctionStage[InT, OutT]: ...
 @overload
 def stage(
-    fn: Callable[[InT, PipelineContext[Any]], Awaitable[OutT]], /
+    fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, OutT]], /
 ) -> FunctionStage[InT, OutT]: ...
 @overload
 def stage(
