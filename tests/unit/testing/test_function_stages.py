@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import pytest
 
 from pipeline import (
@@ -206,7 +207,10 @@ async def _thread_timeout(*, abandon: bool) -> tuple[StageResult[Any], bool]:
             await clock.advance(1)  # the stage's deadline passes in virtual time
             if abandon:
                 await done.wait()
-                ended_before_release = True
+            else:
+                for _ in range(20):
+                    await anyio.lowlevel.checkpoint()
+            ended_before_release = done.is_set()
             release.set()
     return results[0].stage_results["slow"], ended_before_release
 
