@@ -158,11 +158,35 @@ class StageDefinition:
             not isinstance(self.inputs, str),
             own, "inputs", f"is the str {self.inputs!r}", f"use a list: inputs=[{self.inputs!r}]",
         )  # fmt: skip
-        object.__setattr__(self, "inputs", tuple(self.inputs))
-        object.__setattr__(self, "pattern", ExecutionPattern(self.pattern))
+        inputs: object = self.inputs
         _require(
-            self.timeout_ms is None or (math.isfinite(self.timeout_ms) and self.timeout_ms > 0),
+            isinstance(inputs, Sequence) and all(isinstance(d, str) for d in inputs),
+            own, "inputs", f"is {self.inputs!r}", "use a list of stage ids, or [] for none",
+        )  # fmt: skip
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        pattern: object = self.pattern
+        _require(
+            pattern in set(ExecutionPattern),
+            own, "pattern", f"is {self.pattern!r}",
+            f"use an ExecutionPattern ({', '.join(p.name for p in ExecutionPattern)})",
+        )  # fmt: skip
+        object.__setattr__(self, "pattern", ExecutionPattern(self.pattern))
+        timeout: object = self.timeout_ms
+        _require(
+            timeout is None
+            or (
+                isinstance(timeout, int | float)
+                and not isinstance(timeout, bool)
+                and math.isfinite(timeout)
+                and timeout > 0
+            ),
             own, "timeout_ms", f"is {self.timeout_ms!r}", "use a positive number of ms or None",
+        )  # fmt: skip
+        retry: object = self.retry_config
+        _require(
+            retry is None or isinstance(retry, RetryConfig),
+            own, "retry_config", f"is {type(retry).__name__}",
+            "pass RetryConfig(max_attempts=..., ...) or None",
         )  # fmt: skip
         cap: object = self.max_concurrent_fan_out
         _require(

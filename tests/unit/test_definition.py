@@ -162,6 +162,12 @@ def test_execution_pattern_is_string_valued() -> None:
         ({"timeout_ms": -5}, "timeout_ms"),
         ({"max_concurrent_fan_out": -1}, "max_concurrent_fan_out"),
         ({"condition": True}, "condition"),
+        ({"pattern": "bogus"}, "pattern"),
+        ({"timeout_ms": "50"}, "timeout_ms"),
+        ({"inputs": None}, "inputs"),
+        ({"inputs": [1]}, "inputs"),
+        # a dict instead of RetryConfig used to crash execute() from inside the run
+        ({"retry_config": {"max_attempts": 3}}, "retry_config"),
     ],
 )
 def test_stage_definition_rejects_bad_values(kwargs: dict[str, Any], field: str) -> None:
