@@ -7,16 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_result,
-    stop_after_attempt,
-    wait_exponential,
-)
-
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from tenacity import RetryCallState
 
     from pipeline._invoke import Outcome
     from pipeline.clock import Clock
@@ -36,6 +30,14 @@ async def with_retry(
     """
     if config is None or config.max_attempts <= 1:
         return await attempt(1)
+
+    # Imported here so `import pipeline` stays light and pipelines without retries never pay.
+    from tenacity import (
+        AsyncRetrying,
+        retry_if_result,
+        stop_after_attempt,
+        wait_exponential,
+    )
 
     calls = 0
 
