@@ -169,3 +169,16 @@ async def test_the_final_flush_is_bounded_by_grace_s() -> None:
 
 def test_run_ids_are_unique() -> None:
     assert len({new_run_id() for _ in range(100)}) == 100
+
+
+def test_async_observers_on_trio(events: list[PipelineEvent]) -> None:
+    rec = AsyncRecorder()
+
+    async def main() -> None:
+        bus = EventDispatcher([rec, Recorder()])
+        async with bus.running():
+            for event in events:
+                bus.emit(event)
+
+    anyio.run(main, backend="trio")
+    assert rec.seen == events
