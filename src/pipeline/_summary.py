@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from pipeline.definition import PipelineDefinition
-    from pipeline.result import PipelineResult
+    from pipeline.result import PipelineResult, StageRun
 
 
 class StageTiming(FrozenModel):
@@ -115,6 +115,14 @@ def format_ms(ms: float | None) -> str:
     return f"{int(minutes)}m {rest:04.1f}s"
 
 
+def _cache_cell(record: StageRun) -> str:
+    if record.cached:
+        return "hit"
+    if record.cached_items:  # a fan-out stage resumed: some items came from the cache
+        return f"{record.cached_items}/{record.items} hit"
+    return "-"
+
+
 _HEADERS = ("stage", "status", "attempts", "wait", "duration", "cache")
 _RIGHT = frozenset({2, 3, 4})
 
@@ -138,7 +146,7 @@ def render_summary(
                 str(record.attempts),
                 format_ms(timings[sid].wait_ms),
                 format_ms(record.duration_ms if record.started_ms is not None else None),
-                "hit" if record.cached else "-",
+                _cache_cell(record),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADERS))]

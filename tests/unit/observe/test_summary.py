@@ -148,6 +148,14 @@ def test_summary_table() -> None:
     assert "critical path: a -> b -> d (43.0 ms)" in lines
 
 
+def test_summary_shows_partially_cached_fan_out() -> None:
+    result = diamond_result(
+        stage_runs=dict([run("a", 0, 1), run("b", 1, 3, items=5, cached_items=3)])
+    )
+    row = next(line for line in render_summary(result).splitlines() if line.startswith("b "))
+    assert row.endswith("3/5 hit")
+
+
 def test_summary_lists_failures_and_run_errors() -> None:
     result = diamond_result(
         success=False,
