@@ -15,7 +15,6 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
 
 from pipeline.cache._store import CacheError, _check_ttl
@@ -220,11 +219,10 @@ class SQLiteCache:
         return job.value  # type: ignore[return-value]  # done without error: fn returned a T
 
     async def _lead(self) -> None:
-        # The first caller carries everyone's operations; callers arriving while it is in the
-        # worker thread ride on its next trip. Whoever is woken unserved leads next.
+        # The first caller carries everyone's operations: callers arriving while it is in the
+        # worker thread ride together on its next trip. Whoever is woken unserved leads next.
         self._leading = True
         try:
-            await anyio.lowlevel.checkpoint()  # let concurrent callers join this trip
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
@@ -260,6 +258,23 @@ class SQLiteCache:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
+        # Switching a new file to WAL and creating the table can report "locked" at once when
+        # another process does the same, without waiting for the busy timeout: retry here.
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.002
+        while True:
+            try:
+                self._conn = self._open()
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if not ("locked" in text or "busy" in text) or time.monotonic() >= deadline:
+                    raise
+                threading.Event().wait(delay)  # a worker thread: waiting here blocks no loop
+                delay = min(delay * 2, 0.05)
+            else:
+                return self._conn
+
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout_s,
@@ -268,7 +283,9 @@ class SQLiteCache:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL unavailable")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: crash-safe, not power-safe
@@ -277,5 +294,4 @@ class SQLiteCache:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
         return conn
