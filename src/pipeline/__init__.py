@@ -22,6 +22,7 @@ from pipeline.plan import ExecutionPlan
 from pipeline.protocol import PipelineStage
 from pipeline.resolve import resolve_typed_input
 from pipeline.result import (
+    AttemptRun,
     PipelineResult,
     StageResult,
     StageRun,
@@ -34,6 +35,7 @@ from pipeline.result import (
 from pipeline.subpipeline import SubPipeline
 
 __all__ = [
+    "AttemptRun",
     "CancelToken",
     "Clock",
     "DefinitionError",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from pipeline._model import copy_with
 from pipeline._retry import with_retry
 from pipeline.definition import ExecutionPattern
 from pipeline.errors import StageOutputError, StageTimeoutError
@@ -21,10 +22,15 @@ from pipeline.result import UNKNOWN_STAGE, StageResult, StageStatus
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from pipeline._reporter import RunReporter
     from pipeline.cache._step import StageCache
     from pipeline.clock import Clock
     from pipeline.context import PipelineContext
     from pipeline.definition import StageDefinition
+
+
+Attempt = tuple[int, float, float, float, str | None]
+"""(attempt number, backoff before it in s, start, end, error) of one stage-level attempt."""
 
 
 @dataclass(slots=True)
@@ -36,6 +42,7 @@ class Outcome:
     exception: BaseException | None = None
     items: int | None = None
     cached: bool = False
+    attempt_log: list[Attempt] | None = None
 
     @property
     def exception_type(self) -> str | None:
@@ -83,8 +90,10 @@ async def attempt_once(
     if not isinstance(returned, StageResult):
         out_exc = StageOutputError(sid, attempt, returned)
         return _failed(sid, out_exc, attempt, str(out_exc))
-    if returned.stage_name == UNKNOWN_STAGE:
-        returned = returned.model_copy(update={"stage_name": sid})
+    if item is None and returned.stage_name == UNKNOWN_STAGE:
+        returned = copy_with(
+            returned, stage_name=sid
+        )  # an item's result is only read for its output
     return Outcome(returned, attempt)
 
 
@@ -93,7 +102,11 @@ CACHE_WRITE_GRACE_S: Final = 10.0
 
 
 async def through_cache(
-    cache: StageCache, value: Any, item: int | None, compute: Callable[[], Awaitable[Outcome]]
+    cache: StageCache,
+    value: Any,
+    item: int | None,
+    compute: Callable[[], Awaitable[Outcome]],
+    reporter: RunReporter | None = None,
 ) -> Outcome:
     """Serve `value` from the cache, or `compute()` it and store the output if it succeeded.
 
@@ -102,6 +115,8 @@ async def through_cache(
     """
     hit, output, key = await cache.lookup(value, item)
     if hit:
+        if reporter is not None:
+            reporter.cache_hit(cache.stage_id, item)
         result = StageResult.success(output, stage_name=cache.stage_id, metadata={"cached": True})
         return Outcome(result, attempts=0, cached=True)
     outcome = await compute()
@@ -118,17 +133,49 @@ async def invoke_once(
     clock: Clock,
     item: int | None,
     cache: StageCache | None = None,
+    reporter: RunReporter | None = None,
 ) -> Outcome:
-    """One item (or the whole input): the cache, then the retry policy around each attempt."""
+    """One item (or the whole input): the cache, then the retry policy around each attempt.
+
+    For the stage as a whole (`item is None`) every attempt's timing is logged on the outcome.
+    """
+    sid = sdef.id
+    config = sdef.retry_config
+    log: list[Attempt] | None = [] if item is None else None
+    backoff = 0.0
 
     async def attempt(n: int) -> Outcome:
-        return await attempt_once(sdef, value, context, clock, n, item)
+        nonlocal backoff
+        if reporter is not None:
+            reporter.attempt_started(sid, item, n)
+        t0 = clock.now()
+        outcome = await attempt_once(sdef, value, context, clock, n, item)
+        error = outcome.result.error if not outcome.result.success else None
+        if log is not None:
+            log.append((n, backoff, t0, clock.now(), error))
+        if reporter is not None and error is not None:
+            will_retry = (
+                config is not None
+                and n < config.max_attempts
+                and config.is_retryable(error, outcome.exception_type)
+            )
+            reporter.attempt_failed(sid, item, n, outcome, will_retry=will_retry)
+        return outcome
+
+    def on_retry(next_attempt: int, delay_s: float) -> None:
+        nonlocal backoff
+        backoff = delay_s
+        if reporter is not None:
+            reporter.retry_scheduled(sid, item, next_attempt, delay_s)
+
+    async def compute() -> Outcome:
+        outcome = await with_retry(attempt, config, clock, on_retry)
+        outcome.attempt_log = log
+        return outcome
 
     if cache is None:
-        return await with_retry(attempt, sdef.retry_config, clock)
-    return await through_cache(
-        cache, value, item, lambda: with_retry(attempt, sdef.retry_config, clock)
-    )
+        return await compute()
+    return await through_cache(cache, value, item, compute, reporter)
 
 
 async def fan_out(
@@ -137,6 +184,7 @@ async def fan_out(
     context: PipelineContext[Any],
     clock: Clock,
     cache: StageCache | None = None,
+    reporter: RunReporter | None = None,
 ) -> Outcome:
     """Run the stage once per item, at most `max_concurrent_fan_out` at a time.
 
@@ -159,7 +207,9 @@ async def fan_out(
         async def worker() -> None:
             nonlocal max_attempts, cached
             for i in indices:
-                outcome = await invoke_once(sdef, items[i], context, clock, i, cache)
+                outcome = await invoke_once(sdef, items[i], context, clock, i, cache, reporter)
+                if reporter is not None:
+                    reporter.item_finished(sid, i, outcome)
                 max_attempts = max(max_attempts, outcome.attempts)
                 cached += outcome.cached
                 if not outcome.result.success:
@@ -201,18 +251,27 @@ async def invoke_stage(
     context: PipelineContext[Any],
     clock: Clock,
     cache: StageCache | None = None,
+    reporter: RunReporter | None = None,
 ) -> Outcome:
     """Condition, then fan-out or a single invocation (each item or the whole input cached)."""
     sid = sdef.id
-    try:
-        run = await condition_holds(sdef, context)
-    except Exception as exc:  # noqa: BLE001  # a raising condition fails its stage, by contract
-        return _failed(
-            sid, exc, 0, f"condition of stage {sid!r} raised {type(exc).__name__}: {exc}"
-        )
-    if not run:
-        skipped = StageResult.skipped("condition returned False", stage_name=sid)
-        return Outcome(skipped, attempts=0)
+    if sdef.condition is not None:
+        try:
+            run = await condition_holds(sdef, context)
+        except Exception as exc:  # noqa: BLE001  # a raising condition fails its stage, by contract
+            message = f"condition of stage {sid!r} raised {type(exc).__name__}: {exc}"
+            return _failed(sid, exc, 0, message)
+        if not run:
+            skipped = StageResult.skipped("condition returned False", stage_name=sid)
+            return Outcome(skipped, attempts=0)
     if sdef.pattern is ExecutionPattern.FAN_OUT:
-        return await fan_out(sdef, value, context, clock, cache)
-    return await invoke_once(sdef, value, context, clock, None, cache)
+        return await fan_out(sdef, value, context, clock, cache, reporter)
+    if (
+        cache is None
+        and reporter is None
+        and (sdef.retry_config is None or sdef.retry_config.max_attempts <= 1)
+    ):
+        # The common case, kept cheap: one attempt, nothing to look up or report. The stage's
+        # own start and end times are this attempt's.
+        return await attempt_once(sdef, value, context, clock, 1)
+    return await invoke_once(sdef, value, context, clock, None, cache, reporter)

@@ -21,12 +21,13 @@ async def with_retry(
     attempt: Callable[[int], Awaitable[Outcome]],
     config: RetryConfig | None,
     clock: Clock,
+    on_retry: Callable[[int, float], None] | None = None,
 ) -> Outcome:
     """Call `attempt(n)` for n = 1, 2, ... until it succeeds, is not retryable or runs out.
 
-    Waits go through `clock.sleep`. The returned outcome's `attempts` is the number of calls;
-    when more than one call was made and the last failed, its error reads
-    `Failed after N attempts. Last error: ...`.
+    Waits go through `clock.sleep`; `on_retry(next_attempt, delay_s)` is called before each.
+    The returned outcome's `attempts` is the number of calls; when more than one call was made
+    and the last failed, its error reads `Failed after N attempts. Last error: ...`.
     """
     if config is None or config.max_attempts <= 1:
         return await attempt(1)
@@ -54,6 +55,10 @@ async def with_retry(
         assert state.outcome is not None  # tenacity sets it before stopping
         return state.outcome.result()
 
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.next_action is not None:
+            on_retry(state.attempt_number + 1, state.next_action.sleep)
+
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.max_attempts),
         wait=wait_exponential(
@@ -63,6 +68,7 @@ async def with_retry(
         ),
         retry=retry_if_result(should_retry),
         sleep=clock.sleep,
+        before_sleep=before_sleep,
         retry_error_callback=give_up,
     )
     outcome: Outcome = await retrying(call)

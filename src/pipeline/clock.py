@@ -8,6 +8,7 @@ module only says *how* time is read and spent.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import Protocol, final
 
 import anyio
@@ -44,3 +45,10 @@ class SystemClock:
     def deadline_scope(self, seconds: float) -> anyio.CancelScope:
         """`anyio.move_on_after(seconds)`: the event loop enforces the deadline."""
         return anyio.move_on_after(seconds)
+
+
+current_clock: ContextVar[Clock | None] = ContextVar("pipeline_current_clock", default=None)
+"""The clock of the run this task belongs to (set by `PipelineExecutor.execute`), or None.
+
+Nested runs (`SubPipeline`) read it so a child pipeline keeps its parent's time source.
+"""

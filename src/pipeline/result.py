@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, ove
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline._model import FrozenModel
+from pipeline._model import FrozenModel, fast_model
 from pipeline.errors import PipelineRunError
+from pipeline.plan import ExecutionPlan
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -70,6 +71,20 @@ class _SuccessField:
             stage_name: str = UNKNOWN_STAGE,
             metadata: Mapping[str, Any] | None = None,
         ) -> Any:
+            if owner is StageResult and type(stage_name) is str:
+                # Unparametrised (T is Any): nothing to validate, so skip pydantic's machinery;
+                # this is every stage's return path. StageResult[int].success(...) validates.
+                return fast_model(
+                    owner,
+                    {
+                        "success": True,
+                        "stage_name": stage_name,
+                        "output": output,
+                        "error": None,
+                        "metadata": {} if metadata is None else dict(metadata),
+                        "status": StageStatus.SUCCEEDED,
+                    },
+                )
             return owner(
                 success=True,
                 stage_name=stage_name,
@@ -218,6 +233,21 @@ def cancelled_result(
     return StageResult.cancelled(reason, stage_name=stage_name, metadata=metadata)
 
 
+class AttemptRun(FrozenModel):
+    """The record of one attempt of a stage (not kept per fan-out item)."""
+
+    attempt: int
+    """1 for the first attempt."""
+    backoff_ms: float = 0.0
+    """The retry wait that preceded this attempt (0 for the first)."""
+    started_ms: float
+    """When the attempt started, in ms since the run started."""
+    duration_ms: float
+    """How long the attempt ran."""
+    error: str | None = None
+    """Why the attempt failed, or None when it succeeded."""
+
+
 class StageRun(FrozenModel):
     """The run record of one stage: what happened to it, when, and how often it was tried."""
 
@@ -233,6 +263,12 @@ class StageRun(FrozenModel):
     """When the stage finished, in ms since the run started."""
     duration_ms: float = 0.0
     """`finished_ms - started_ms`, or 0 for a stage that never started."""
+    queue_wait_ms: float | None = None
+    """Time between the stage becoming ready (its inputs done; run start for entry points) and
+    starting: the wave barrier under `scheduling="waves"`, plus event-loop latency."""
+    attempt_runs: tuple[AttemptRun, ...] = ()
+    """Per-attempt timings and errors, with the backoff wait before each (empty for fan-out
+    stages, whose attempts are per item, and for stages that never started)."""
     items: int | None = None
     """For a fan-out stage: how many items its input had."""
     cached: bool = False
@@ -301,6 +337,27 @@ class PipelineResult(FrozenModel):
     """The scheduling policy the run used."""
     cache_stats: CacheStats | None = None
     """Cache hits, misses and writes of this run; None when the executor had no cache."""
+    run_id: str | None = None
+    """The id that this run's events carry."""
+    plan: ExecutionPlan | None = None
+    """The plan that ran (None for an invalid definition): the graph behind the records."""
+
+    def summary(self) -> str:
+        """A text table of the run (stage, status, attempts, wait, duration, cache).
+
+        Below it: the outcome, the critical path of the finished run and any errors.
+        """
+        from pipeline._summary import render_summary  # _summary imports us
+
+        return render_summary(self, self.plan)
+
+    def critical_path(self) -> tuple[list[str], float]:
+        """The chain of dependent stages with the largest total duration, and that total (ms)."""
+        from pipeline._summary import critical_path  # _summary imports us
+
+        if self.plan is None:
+            return [], 0.0
+        return critical_path(self.plan, self)
 
     def _known(self) -> str:
         return ", ".join(repr(s) for s in self.stage_results) or "none"

@@ -378,14 +378,6 @@ def test_pipeline_timeout_bounds_the_run(backend: Backend, scheduling: Schedulin
     anyio.run(scenario, backend=backend)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG executor.py _watchdog/_pipeline_timeout: the run deadline is registered only "
-        "when the watchdog task first runs, after stages may already have advanced the clock; "
-        "it should count from the run's start"
-    ),
-)
 async def test_pipeline_timeout_counts_from_run_start() -> None:
     # asyncio only: task order is FIFO there, so the stage's virtual second passes before the
     # watchdog registers its deadline (on trio the order is random and the run hangs sometimes).

@@ -1,0 +1,165 @@
+"""`RunReporter`: builds one run's events and hands them to the `EventDispatcher`.
+
+The executor and the invocation steps call it only when observers listen (they hold None
+otherwise), so a run without observers builds no event at all. What the events are lives in
+`pipeline.events`; how they reach observers in `pipeline._dispatch`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+from pipeline.events import (
+    AttemptFailed,
+    AttemptStarted,
+    FanOutItemFinished,
+    RetryScheduled,
+    RunFinished,
+    RunStarted,
+    StageCacheHit,
+    StageFinished,
+    StageStarted,
+    WaveStarted,
+)
+
+if TYPE_CHECKING:
+    from pipeline._dispatch import EventDispatcher
+    from pipeline._invoke import Outcome
+    from pipeline.clock import Clock
+    from pipeline.plan import ExecutionPlan
+    from pipeline.result import PipelineResult, StageRun
+
+
+@final
+class RunReporter:
+    """Emits the events of one run, stamping each with the run id and the clock's time."""
+
+    __slots__ = ("_bus", "_clock", "_started", "run_id")
+
+    def __init__(self, bus: EventDispatcher, run_id: str, clock: Clock, started: float) -> None:
+        self._bus = bus
+        self._clock = clock
+        self._started = started
+        self.run_id = run_id
+
+    def _at(self) -> float:
+        return self._clock.now() - self._started
+
+    def run_started(self, name: str, plan: ExecutionPlan, scheduling: str) -> None:
+        """Before any stage starts."""
+        self._bus.emit(
+            RunStarted(
+                run_id=self.run_id,
+                at_s=self._at(),
+                pipeline_name=name,
+                stage_ids=plan.order,
+                waves=plan.waves,
+                scheduling=scheduling,
+            )
+        )
+
+    def wave_started(self, wave: int, stage_ids: tuple[str, ...]) -> None:
+        """A wave's barrier opened (waves scheduling only)."""
+        self._bus.emit(
+            WaveStarted(run_id=self.run_id, at_s=self._at(), wave=wave, stage_ids=stage_ids)
+        )
+
+    def stage_started(self, stage_id: str, wave: int, items: int | None) -> None:
+        """A stage's task began (its condition is evaluated next)."""
+        self._bus.emit(
+            StageStarted(
+                run_id=self.run_id, at_s=self._at(), stage_id=stage_id, wave=wave, items=items
+            )
+        )
+
+    def attempt_started(self, stage_id: str, item: int | None, attempt: int) -> None:
+        """One call of `execute` is about to happen."""
+        self._bus.emit(
+            AttemptStarted(
+                run_id=self.run_id, at_s=self._at(), stage_id=stage_id, item=item, attempt=attempt
+            )
+        )
+
+    def attempt_failed(
+        self, stage_id: str, item: int | None, attempt: int, outcome: Outcome, *, will_retry: bool
+    ) -> None:
+        """One call of `execute` failed (raised, timed out or returned a failure)."""
+        self._bus.emit(
+            AttemptFailed(
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=stage_id,
+                item=item,
+                attempt=attempt,
+                error=outcome.result.error,
+                exception_type=outcome.exception_type,
+                will_retry=will_retry,
+            )
+        )
+
+    def retry_scheduled(
+        self, stage_id: str, item: int | None, attempt: int, delay_s: float
+    ) -> None:
+        """Attempt `attempt` will start after `delay_s` of backoff."""
+        self._bus.emit(
+            RetryScheduled(
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=stage_id,
+                item=item,
+                attempt=attempt,
+                delay_s=delay_s,
+            )
+        )
+
+    def cache_hit(self, stage_id: str, item: int | None) -> None:
+        """The stage (or item) was served from the cache; `execute` is not called."""
+        self._bus.emit(
+            StageCacheHit(run_id=self.run_id, at_s=self._at(), stage_id=stage_id, item=item)
+        )
+
+    def item_finished(self, stage_id: str, item: int, outcome: Outcome) -> None:
+        """One fan-out item ended."""
+        result = outcome.result
+        self._bus.emit(
+            FanOutItemFinished(
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=stage_id,
+                item=item,
+                status=result.status,
+                attempts=outcome.attempts,
+                cached=outcome.cached,
+                error=result.error,
+            )
+        )
+
+    def stage_finished(self, record: StageRun) -> None:
+        """A stage ended, whatever the way (also skipped or never started)."""
+        self._bus.emit(
+            StageFinished(
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=record.stage_id,
+                status=record.status,
+                attempts=record.attempts,
+                cached=record.cached,
+                error=record.error,
+                duration_s=record.duration_ms / 1000,
+                items=record.items,
+            )
+        )
+
+    def run_finished(self, result: PipelineResult) -> None:
+        """The run's result is built."""
+        self._bus.emit(
+            RunFinished(
+                run_id=self.run_id,
+                at_s=self._at(),
+                pipeline_name=result.pipeline_name,
+                success=result.success,
+                duration_s=result.total_duration_ms / 1000,
+                error=result.error,
+                failed_stages=tuple(result.failed_stages),
+            )
+        )
