@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, final
 
+from pipeline.clock import current_clock
 from pipeline.context import PipelineContext
 from pipeline.errors import DefinitionError
 from pipeline.executor import PipelineExecutor
@@ -45,12 +46,12 @@ class SubPipeline:
     cancel), the child run is cancelled with it, because the child runs inside this stage's
     call. A child run that was cancelled while the parent was not fails this stage.
 
-    Time: the child runs on `executor`. Pass the parent's executor (running a child on the same
-    `PipelineExecutor` instance is fine) so the child's retry waits and timeouts use the
-    parent's clock, e.g. a `FakeClock` in tests. Without `executor`, the child runs on a new
-    `PipelineExecutor()` with real time. The executor's `timeout_ms`, if any, then also bounds
-    the child run; `timeout_ms` on this stage's `StageDefinition` bounds it as seen from the
-    parent.
+    Time: the child runs on `executor` when one is given (its `timeout_ms`, if any, then also
+    bounds the child run). Without `executor`, the child runs on a plain `PipelineExecutor`
+    using the clock of the parent run that calls this stage (`pipeline.clock.current_clock`),
+    so a `FakeClock` in a test drives the child's retry waits and timeouts too; outside any
+    run, real time. `timeout_ms` on this stage's `StageDefinition` bounds the child as seen
+    from the parent.
 
     Args:
         definition: The child pipeline.
@@ -99,8 +100,8 @@ class SubPipeline:
         """The id of the child stage whose output this stage returns."""
         self.context_mode = context
         """How the child's context is made (`"shared"`, `"isolated"` or a factory)."""
-        self.executor = executor if executor is not None else PipelineExecutor()
-        """The executor running the child."""
+        self.executor = executor
+        """The executor running the child, or None for one on the parent run's clock."""
         self._name = name if name is not None else definition.name
 
     @property
@@ -111,7 +112,10 @@ class SubPipeline:
     async def execute(self, input: Any, context: PipelineContext[Any], /) -> StageResult[Any]:
         """Run the child on `input` and return the output of its `output` stage."""
         child_context = self._child_context(context)
-        child = await self.executor.execute(self.definition, input, child_context)
+        executor = self.executor
+        if executor is None:
+            executor = PipelineExecutor(clock=current_clock.get())
+        child = await executor.execute(self.definition, input, child_context)
         metadata: dict[str, Any] = {CHILD_RESULT: child}
         if child.success:
             return StageResult.success(child.outputs.get(self.output), metadata=metadata)

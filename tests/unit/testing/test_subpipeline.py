@@ -182,6 +182,25 @@ async def test_parent_retry_reruns_child_on_the_parent_clock(fake_clock: FakeClo
     assert fake_clock.sleeps == [0.25]  # the child's retry wait went through the parent's clock
 
 
+async def test_child_without_executor_inherits_the_parent_runs_clock(
+    fake_clock: FakeClock,
+) -> None:
+    flaky = ScriptedStage(Fail("busy"), 5, name="flaky")
+    child = PipelineDefinition(
+        "c",
+        [
+            StageDefinition(
+                "flaky", flaky, retry_config=RetryConfig(max_attempts=2, initial_delay_ms=250)
+            )
+        ],
+    )
+    parent = PipelineDefinition("p", [StageDefinition("sub", SubPipeline(child))])
+    with anyio.fail_after(5):  # on real time the 250 ms wait would still pass; the clock shows it
+        result = await PipelineExecutor(clock=fake_clock).execute(parent, 0)
+    assert result.outputs == {"sub": 5}
+    assert fake_clock.sleeps == [0.25]
+
+
 async def test_parent_stage_timeout_cancels_child_run(fake_clock: FakeClock) -> None:
     executor = PipelineExecutor(clock=fake_clock)
     slow = ScriptedStage(Delay(60, then=1), clock=fake_clock)
