@@ -1,4 +1,8 @@
-"""Every ```python block of README.md runs as written (they are documentation users copy)."""
+"""Every ```python block of README.md runs as written (they are documentation users copy).
+
+Blocks fenced as ```py are fragments (pytest tests, one-liners); each of those is exercised by
+`tests/unit/testing/test_user_examples.py` instead.
+"""
 
 from __future__ import annotations
 
