@@ -1,4 +1,4 @@
-"""The examples of docs/testing.md ("Testing your pipelines"), written as a user would.
+"""The examples of the README section "Testing your pipelines", written as a user would.
 
 Keep the two in step: each test here is one snippet there.
 """
