@@ -20,9 +20,24 @@ if TYPE_CHECKING:
 
 def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
     """Every structural problem of `stages`, in a stable order."""
-    from pipeline.definition import ExecutionPattern  # avoids an import cycle
+    from pipeline.definition import ExecutionPattern, StageDefinition  # avoids an import cycle
 
     issues: list[ValidationIssue] = []
+    entries: Sequence[object] = stages  # callers without a type checker pass anything
+    issues.extend(
+        ValidationIssue(
+            code="invalid_stage",
+            stage_id=None,
+            message=(
+                f"pipeline entry {i} is a {type(entry).__name__}, not a StageDefinition; "
+                f'wrap it: StageDefinition("some_id", stage)'
+            ),
+        )
+        for i, entry in enumerate(entries)
+        if not isinstance(entry, StageDefinition)
+    )
+    if issues:
+        return tuple(issues)
     if not stages:
         issues.append(
             ValidationIssue(

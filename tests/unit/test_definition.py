@@ -11,6 +11,7 @@ from pipeline import (
     ExecutionPattern,
     PipelineContext,
     PipelineDefinition,
+    PipelineExecutor,
     PipelineValidationError,
     RetryConfig,
     StageDefinition,
@@ -398,3 +399,22 @@ def test_plan_of_invalid_definition_raises() -> None:
     p = PipelineDefinition("p", [sd("a", "b"), sd("b", "a")])
     with pytest.raises(PipelineValidationError):
         _ = p.plan
+
+
+def test_entry_that_is_not_a_stage_definition_is_a_validation_issue() -> None:
+    class Bare:
+        name = "bare"
+
+        async def execute(self, input: object, context: object) -> StageResult[None]:
+            return StageResult.success(None)
+
+    definition = PipelineDefinition("p", [Bare()])  # type: ignore[list-item]  # the mistake under test
+    assert definition.validate_pipeline() == [
+        'pipeline entry 0 is a Bare, not a StageDefinition; wrap it: StageDefinition("some_id", stage)'
+    ]
+    with pytest.raises(PipelineValidationError) as caught:
+        definition.validate()
+    assert [issue.code for issue in caught.value.issues] == ["invalid_stage"]
+    result = PipelineExecutor().run_sync(definition)
+    assert not result.success
+    assert result.failed_stages == ["validation"]
