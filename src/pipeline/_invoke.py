@@ -116,7 +116,7 @@ async def through_cache(
     hit, output, key = await cache.lookup(value, item)
     if hit:
         if reporter is not None:
-            reporter.cache_hit(cache.stage_id, item)
+            reporter.cache_hit(cache.stage_id, item, None if key is None else key.digest)
         result = StageResult.success(output, stage_name=cache.stage_id, metadata={"cached": True})
         return Outcome(result, attempts=0, cached=True)
     outcome = await compute()

@@ -45,15 +45,15 @@ class RunReporter:
     def _at(self) -> float:
         return self._clock.now() - self._started
 
-    def run_started(self, name: str, plan: ExecutionPlan, scheduling: str) -> None:
-        """Before any stage starts."""
+    def run_started(self, name: str, plan: ExecutionPlan | None, scheduling: str) -> None:
+        """Before any stage starts (`plan` is None for an invalid definition)."""
         self._bus.emit(
             RunStarted(
                 run_id=self.run_id,
                 at_s=self._at(),
                 pipeline_name=name,
-                stage_ids=plan.order,
-                waves=plan.waves,
+                stage_ids=() if plan is None else plan.order,
+                waves=() if plan is None else plan.waves,
                 scheduling=scheduling,
             )
         )
@@ -112,10 +112,12 @@ class RunReporter:
             )
         )
 
-    def cache_hit(self, stage_id: str, item: int | None) -> None:
+    def cache_hit(self, stage_id: str, item: int | None, key: str | None) -> None:
         """The stage (or item) was served from the cache; `execute` is not called."""
         self._bus.emit(
-            StageCacheHit(run_id=self.run_id, at_s=self._at(), stage_id=stage_id, item=item)
+            StageCacheHit(
+                run_id=self.run_id, at_s=self._at(), stage_id=stage_id, item=item, key=key
+            )
         )
 
     def item_finished(self, stage_id: str, item: int, outcome: Outcome) -> None:

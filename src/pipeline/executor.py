@@ -262,7 +262,7 @@ class _Run:
             self.current_wave += 1
             self.ready.extend(self.held[self.current_wave])
             self.held[self.current_wave].clear()
-            if self.reporter is not None:
+            if self.reporter is not None and self.stop_kind is None:
                 self.reporter.wave_started(self.current_wave, plan.waves[self.current_wave])
 
     def settle_unfinished(self) -> None:
@@ -399,6 +399,7 @@ class PipelineExecutor:
         if pipeline.issues:
             result = self._invalid(pipeline, ctx, reporter)
             if reporter is not None:
+                reporter.run_started(pipeline.name, None, self.scheduling)
                 reporter.run_finished(result)
             return result
         remove_listener: Callable[[], None] | None = None
@@ -422,7 +423,8 @@ class PipelineExecutor:
                 remove_listener = ctx._add_cancel_listener(self._cancel_listener(run))
                 if reporter is not None:
                     reporter.run_started(pipeline.name, run.plan, self.scheduling)
-                    reporter.wave_started(0, run.plan.waves[0])
+                    if not run.eager:
+                        reporter.wave_started(0, run.plan.waves[0])
                 if deadline is not None:
                     tg.start_soon(self._pipeline_timeout, run, deadline)
                 if isinstance(ctx.cancel_token, anyio.Event):
@@ -460,6 +462,13 @@ class PipelineExecutor:
         """
         clock, ctx, reporter = run.clock, run.context, run.reporter
         scope = run.in_flight[sid]
+        if scope.cancel_called:
+            # The run stopped between `start_soon` and now: the stage never started, and
+            # `settle_unfinished` records it so (a stage without a checkpoint would else run).
+            del run.in_flight[sid]
+            if not run.in_flight:
+                run.idle.set()
+            return
         outcome: Outcome | None = None
         t0 = clock.now()
         with scope:
