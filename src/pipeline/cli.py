@@ -5,7 +5,7 @@
     python -m pipeline run MODULE:ATTR [--input JSON] [--cache PATH] [--scheduling waves|eager]
 
 Exit codes: 0 success, 1 an invalid definition or a failed run, 2 bad arguments (one line on
-stderr). The graph text is `pipeline.viz`, the table `pipeline._summary`, the live display
+stderr). The graph text is `pipeline.viz`, the table `PipelineResult.summary()`, the live display
 `pipeline.observers.progress`; this module only parses arguments and wires them together.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import os
 import sys
@@ -24,6 +23,8 @@ from pipeline.definition import PipelineDefinition
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pipeline.events import Observer
+    from pipeline.executor import Scheduling
     from pipeline.result import PipelineResult
 
 EXIT_OK = 0
@@ -133,7 +134,8 @@ def _graph(definition: PipelineDefinition, fmt: str, *, waves: bool) -> int:
     return EXIT_OK
 
 
-def _progress_observers(enabled: bool) -> list[Any]:
+def _progress_observers(enabled: bool) -> list[Observer]:
+    """The live display, when asked for, stdout is a terminal and rich is installed."""
     if not enabled or not sys.stdout.isatty():
         return []
     try:
@@ -153,7 +155,6 @@ def _run(
 ) -> int:
     import anyio
 
-    from pipeline._summary import render_summary
     from pipeline.executor import PipelineExecutor
 
     initial: Any = None
@@ -166,22 +167,21 @@ def _run(
         _echo("\n".join(_problems(definition)))
         return EXIT_FAILED
 
-    kwargs: dict[str, Any] = {"scheduling": scheduling}
-    accepted = inspect.signature(PipelineExecutor).parameters
     observers = _progress_observers(progress)
-    if observers and "observers" in accepted:  # until the executor emits events, no display
-        kwargs["observers"] = observers
+    policy: Scheduling = "eager" if scheduling == "eager" else "waves"
 
     async def execute() -> PipelineResult:
         if cache_path is None:
-            return await PipelineExecutor(**kwargs).execute(definition, initial)
+            executor = PipelineExecutor(scheduling=policy, observers=observers)
+            return await executor.execute(definition, initial)
         from pipeline.cache import SQLiteCache
 
         async with SQLiteCache(cache_path) as cache:
-            return await PipelineExecutor(**kwargs, cache=cache).execute(definition, initial)
+            executor = PipelineExecutor(scheduling=policy, observers=observers, cache=cache)
+            return await executor.execute(definition, initial)
 
     result = anyio.run(execute)
-    _echo(render_summary(result, definition))
+    _echo(result.summary())
     return EXIT_OK if result.success else EXIT_FAILED
 
 

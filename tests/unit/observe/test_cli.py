@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from pipeline.events import PipelineEvent
 
 MODULE = textwrap.dedent(
     """
@@ -189,3 +191,51 @@ def test_in_process_main_returns_the_exit_code(workdir: Path) -> None:
     from pipeline.cli import main
 
     assert main(["validate", "definitely:not:valid"]) == 2
+
+
+class _SpyProgress:
+    """Stands in for `ProgressObserver` and keeps the events it is shown."""
+
+    made: ClassVar[list[_SpyProgress]] = []
+
+    def __init__(self, *, transient: bool = False) -> None:
+        self.transient = transient
+        self.kinds: list[str] = []
+        _SpyProgress.made.append(self)
+
+    def on_event(self, event: PipelineEvent, /) -> None:
+        self.kinds.append(event.kind)
+
+
+@pytest.mark.parametrize(
+    ("tty", "flags", "shown"),
+    [(True, [], True), (False, [], False), (True, ["--no-progress"], False)],
+)
+def test_run_shows_progress_only_on_a_terminal(
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tty: bool,
+    flags: list[str],
+    shown: bool,
+) -> None:
+    pytest.importorskip("rich")
+    from pipeline.cli import main
+    from pipeline.observers import progress
+
+    _SpyProgress.made.clear()
+    monkeypatch.setattr(progress, "ProgressObserver", _SpyProgress)
+    monkeypatch.chdir(workdir)
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.delitem(sys.modules, "flows", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    assert main(["run", "flows:GOOD", "--input", "2", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "critical path: start -> split -> each" in out
+    if shown:
+        (spy,) = _SpyProgress.made
+        assert spy.transient
+        assert spy.kinds[0] == "run_started"
+        assert spy.kinds[-1] == "run_finished"
+    else:
+        assert _SpyProgress.made == []
