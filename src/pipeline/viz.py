@@ -1,8 +1,8 @@
 """Graphs as text: Mermaid flowcharts, Graphviz DOT and a Mermaid Gantt chart of a run.
 
-Pure functions over a definition's stages and plan and a result's run records; they return
-strings and never render, call a service or import anyio. Timing tables live in
-`pipeline._summary`.
+Pure functions over a definition (its stages and plan) or a result (its run records and the
+plan that ran); they return strings and never render, call a service or import anyio. Timing
+tables live in `pipeline._summary`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _Graph:
             if result is not None:
                 msg = "pass the definition first: to_mermaid(definition, result)"
                 raise TypeError(msg)
-            result, definition = source, None  # a result alone carries no edges
+            result, definition = source, None
             self.name = result.pipeline_name
         else:
             definition = source
@@ -60,7 +60,15 @@ class _Graph:
             self.edges = [(a, b) for a, b in edges if a in self.stages]
             if not definition.issues:
                 self.waves = definition.plan.waves
-        elif result is not None:
+        elif result is not None and result.plan is not None:
+            # The plan that ran is the graph: edges and waves, though not the stage patterns.
+            plan = result.plan
+            self.stages = dict.fromkeys(plan.order)
+            self.edges = [
+                (dep, sid) for sid in plan.order for dep in dict.fromkeys(plan.predecessors[sid])
+            ]
+            self.waves = plan.waves
+        elif result is not None:  # a hand-built result without a plan: nodes only
             self.stages = dict.fromkeys(result.stage_runs)
         self.ids = _node_ids(list(self.stages))
 
@@ -133,9 +141,10 @@ def to_mermaid(
 
     Nodes are stages (`[[...]]` marks FAN_OUT, `{{...}}` CONDITIONAL; classes `fanout` and
     `conditional`), edges go from each input to its consumer. With `waves=True` each wave is
-    a `subgraph wave_k`. Given a `result` (or a result alone, which draws no edges: a result
-    does not carry the graph), nodes show status, duration, attempts and cache hits and
-    are coloured by status (classes `succeeded`, `failed`, `skipped`, `cancelled`).
+    a `subgraph wave_k`. Given a `result`, nodes show status, duration, attempts, items and
+    cache hits and are coloured by status (classes `succeeded`, `failed`, `skipped`,
+    `cancelled`). A result alone is enough: its `plan` gives the edges and waves (only the
+    FAN_OUT / CONDITIONAL shapes need the definition); a result without a plan draws nodes only.
     """
     graph = _Graph(source, result)
     out = [f"flowchart {direction}", f"    %% pipeline: {_mermaid_text(graph.name)}"]
@@ -242,13 +251,16 @@ def to_gantt(result: PipelineResult, definition: PipelineDefinition | None = Non
 
     Times are ms since the run started (`dateFormat x`); a bar is at least 1 ms wide so that
     instant stages stay visible. Tags: `done` (succeeded/skipped), `crit` (failed), `active`
-    (cancelled). With the definition, sections are the plan's waves; stages that never started
-    are listed in a comment.
+    (cancelled). Sections are the plan's waves (from `definition`, else from `result.plan`;
+    one `stages` section without either); stages that never started are listed in a comment.
     """
     runs = result.stage_runs
     sections: list[tuple[str, Sequence[str]]] = [("stages", list(runs))]
-    if definition is not None and not definition.issues:
-        sections = [(f"wave {k}", wave) for k, wave in enumerate(definition.plan.waves)]
+    plan = result.plan
+    if definition is not None:
+        plan = None if definition.issues else definition.plan
+    if plan is not None:
+        sections = [(f"wave {k}", wave) for k, wave in enumerate(plan.waves)]
     ids = _node_ids(list(runs))
     out = [
         "gantt",

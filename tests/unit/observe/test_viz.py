@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from pipeline import PipelineContext, PipelineDefinition, StageDefinition, StageResult, StageStatus
+from pipeline import (
+    PipelineContext,
+    PipelineDefinition,
+    PipelineExecutor,
+    PipelineResult,
+    StageDefinition,
+    StageResult,
+    StageStatus,
+)
+from pipeline.testing import FakeClock
 from pipeline.viz import to_dot, to_gantt, to_mermaid
 
 from .test_summary import diamond, diamond_result, run
@@ -73,10 +82,53 @@ def test_mermaid_result_is_coloured_by_status_with_durations() -> None:
     assert sum("-->" in line for line in lines) == 4
 
 
-def test_mermaid_of_a_result_alone_has_nodes_but_no_edges() -> None:
+def test_mermaid_of_a_result_without_a_plan_has_nodes_but_no_edges() -> None:
     lines = _lines(to_mermaid(diamond_result()))
     assert 's_b["b<br/>succeeded · 28.0 ms · 2 attempts · 3 items"]' in lines
     assert not any("-->" in line for line in lines)
+
+
+async def _executed_diamond() -> PipelineResult:
+    clock = FakeClock()
+    return await PipelineExecutor(clock=clock).execute(diamond(), [1, 2, 3])
+
+
+async def test_mermaid_of_a_result_alone_draws_edges_and_waves_from_its_plan() -> None:
+    result = await _executed_diamond()
+    assert result.plan is not None
+    text = to_mermaid(result, waves=True)
+    lines = _lines(text)
+    assert sorted(line for line in lines if "-->" in line) == [
+        "s_a --> s_b",
+        "s_a --> s_c",
+        "s_b --> s_d",
+        "s_c --> s_d",
+    ]
+    assert 's_b["b<br/>succeeded · 0.0 ms · 3 items"]' in lines
+    blocks = re.findall(r'subgraph (wave_\d+)\["wave \d+"\]\n(.*?)\n\s*end', text, flags=re.S)
+    members = {name: re.findall(r"(s_\w+)\[", body) for name, body in blocks}
+    assert members == {"wave_0": ["s_a"], "wave_1": ["s_b", "s_c"], "wave_2": ["s_d"]}
+    assert "class s_a,s_b,s_c,s_d succeeded" in lines
+    # With the definition as well, the same edges, and the FAN_OUT / CONDITIONAL shapes.
+    both = _lines(to_mermaid(diamond(), result))
+    assert sorted(line for line in both if "-->" in line) == sorted(
+        line for line in lines if "-->" in line
+    )
+    assert any(line.startswith('s_b[["b<br/>fan-out<br/>succeeded') for line in both)
+
+
+async def test_dot_and_gantt_of_a_result_alone_use_its_plan() -> None:
+    result = await _executed_diamond()
+    dot = _lines(to_dot(result, waves=True))
+    assert '"a" -> "b";' in dot
+    assert '"c" -> "d";' in dot
+    assert "subgraph cluster_wave_2 {" in dot
+    gantt = _lines(to_gantt(result))
+    assert [line for line in gantt if line.startswith("section")] == [
+        "section wave 0",
+        "section wave 1",
+        "section wave 2",
+    ]
 
 
 def test_mermaid_rejects_two_results() -> None:
@@ -154,7 +206,7 @@ def test_gantt_of_a_run() -> None:
     ]
 
 
-def test_gantt_without_definition_uses_one_section() -> None:
+def test_gantt_without_definition_or_plan_uses_one_section() -> None:
     lines = _lines(to_gantt(diamond_result()))
     assert lines.count("section stages") == 1
     assert sum(":done," in line for line in lines) == 4
