@@ -7,13 +7,15 @@
 
 Every stage is a small typed class satisfying `PipelineStage` (no base class); the data between
 stages are frozen pydantic models; the LLM provider and job config are injected through the
-context. Work is simulated with short real sleeps. Run it with `make demo`; exits 0 on success.
+context. Work is simulated with short real sleeps. On a terminal (with the `progress` extra) a
+live display shows the run; then `result.summary()` prints where the time went. Run it with
+`make demo`; exits 0 on success.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import BaseModel
@@ -29,6 +31,9 @@ from pipeline import (
     StageResult,
     resolve_typed_input,
 )
+
+if TYPE_CHECKING:
+    from pipeline.events import Observer
 
 Ctx = PipelineContext[Any]  # what every stage receives: services, state, metrics
 
@@ -249,25 +254,26 @@ PIPELINE = PipelineDefinition(
 )
 
 
+def live_display() -> list[Observer]:
+    """A live progress view when a terminal is attached and rich is installed, else nothing."""
+    if not sys.stdout.isatty():
+        return []
+    try:
+        from pipeline.observers.progress import ProgressObserver
+    except ImportError:  # the `progress` extra is not installed: run without the display
+        return []
+    return [ProgressObserver()]
+
+
 def print_report(result: PipelineResult) -> None:
-    print(f"pipeline {result.pipeline_name!r}: {'succeeded' if result.success else 'FAILED'}\n")
-    print(f"{'stage':<16}{'status':<11}{'attempts':>9}{'start ms':>10}{'duration ms':>13}")
-    for sid, run in result.stage_runs.items():
-        start = "-" if run.started_ms is None else f"{run.started_ms:.0f}"
-        items = "" if run.items is None else f"  ({run.items} items)"
-        print(
-            f"{sid:<16}{run.status.value:<11}{run.attempts:>9}{start:>10}"
-            f"{run.duration_ms:>13.0f}{items}"
-        )
-    print(f"\ntotal {result.total_duration_ms:.0f} ms, metrics {result.metadata}")
+    print(result.summary())  # stage, status, attempts, wait, duration, cache; critical path
+    print(f"\nmetrics {result.metadata}")
     if result.success:
         out: RenderOutput = result.get_output("render")
         print(
             f"rendered {out.track!r}: theme {out.theme!r}, {out.groups} groups, "
             f"{out.effects} effects, {out.frames} frames"
         )
-    for sid in result.failed_stages:
-        print(f"stage {sid!r} failed: {result.get_result(sid).error}")
 
 
 async def main() -> int:
@@ -276,9 +282,8 @@ async def main() -> int:
         flaky_groups=["arches", "windows"],
     )
     context = PipelineContext(provider=FakeLLM(), job_config=job)
-    result = await PipelineExecutor(scheduling="eager").execute(
-        PIPELINE, "aurora_borealis.wav", context
-    )
+    executor = PipelineExecutor(scheduling="eager", observers=live_display())
+    result = await executor.execute(PIPELINE, "aurora_borealis.wav", context)
     print_report(result)
     return 0 if result.success else 1
 
