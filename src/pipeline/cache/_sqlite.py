@@ -227,6 +227,12 @@ class SQLiteCache:
                 batch, self._pending = self._pending, []
                 try:
                     await anyio.to_thread.run_sync(self._run_batch, batch)
+                except BaseException:
+                    # Cancelled before the trip started: the batch did not run. Put it back so
+                    # the jobs' own callers (woken below) carry it; dropping it would leave
+                    # them waiting for a trip that never comes.
+                    self._pending[:0] = [job for job in batch if not job.done]
+                    raise
                 finally:
                     for job in batch:
                         job.wake()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -127,3 +128,46 @@ async def test_a_cancelled_leader_hands_over_to_the_waiting_callers(tmp_path: Pa
     assert store._pending == []
     assert not store._leading
     await store.aclose()
+
+
+async def test_operation_queued_behind_a_cancelled_leader_still_runs(tmp_path: Path) -> None:
+    """A shielded write queued behind a lookup whose stage is cancelled must not be lost.
+
+    The cancelled caller led the worker-thread trips; its next trip is refused at the
+    cancellation checkpoint before it starts, and the queued write has to run anyway.
+    """
+    cache = SQLiteCache(tmp_path / "c.db")
+    await cache.put(key("warm"), b"w")  # open the file first: the gate below is for lookups
+    gate, entered = threading.Event(), threading.Event()
+    run_batch = cache._run_batch
+
+    def gated(batch: list[Any]) -> None:
+        if not gate.is_set():
+            entered.set()
+            gate.wait(5)
+        run_batch(batch)
+
+    cache._run_batch = gated  # type: ignore[method-assign]  # hold the first trip in its thread
+    leader_scope = anyio.CancelScope()
+    written = anyio.Event()
+
+    async def leader() -> None:
+        with leader_scope:
+            await cache.get(key("a"))
+
+    async def shielded_writer() -> None:
+        with anyio.CancelScope(shield=True):
+            await cache.put(key("b"), b"v")
+        written.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            await anyio.to_thread.run_sync(entered.wait, 5)
+            tg.start_soon(shielded_writer)
+            await anyio.wait_all_tasks_blocked()  # the write is queued behind the leader's trip
+            leader_scope.cancel()
+            gate.set()
+            await written.wait()
+    assert await cache.get(key("b")) == b"v"
+    await cache.aclose()
