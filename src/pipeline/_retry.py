@@ -37,7 +37,6 @@ async def with_retry(
         AsyncRetrying,
         retry_if_result,
         stop_after_attempt,
-        wait_exponential,
     )
 
     calls = 0
@@ -61,11 +60,7 @@ async def with_retry(
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.max_attempts),
-        wait=wait_exponential(
-            multiplier=config.initial_delay_ms / 1000,
-            exp_base=config.backoff_multiplier,
-            max=config.max_delay_ms / 1000,
-        ),
+        wait=lambda state: config.delay_ms(state.attempt_number) / 1000,
         retry=retry_if_result(should_retry),
         sleep=clock.sleep,
         before_sleep=before_sleep,

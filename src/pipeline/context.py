@@ -6,12 +6,20 @@ It holds no scheduling logic; the executor listens to its cancellation and reads
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, overload
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-DepsT = TypeVar("DepsT")
+    # A default lets users annotate a bare `context: PipelineContext` (as the original README
+    # does) under mypy --strict; at run time the default is irrelevant.
+    from typing_extensions import TypeVar
+
+    DepsT = TypeVar("DepsT", default=Any)
+else:
+    from typing import TypeVar
+
+    DepsT = TypeVar("DepsT")
 
 _WELL_KNOWN_SERVICES = ("provider", "config", "job_config", "session")
 

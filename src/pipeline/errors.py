@@ -113,7 +113,11 @@ class PipelineRunError(PipelineError):
 
     def __init__(self, result: PipelineResult) -> None:
         self.result = result
-        parts = [f"{sid}: {result.stage_results[sid].error}" for sid in result.failed_stages]
+        parts = [
+            f"{sid}: {result.stage_results[sid].error}"
+            for sid in result.failed_stages
+            if sid in result.stage_results  # "validation" is not a stage
+        ]
         if result.error:
             parts.insert(0, result.error)
         detail = "; ".join(parts) or "run did not succeed"

@@ -8,8 +8,12 @@ import pydantic
 import pytest
 
 from pipeline import (
+    PipelineContext,
+    PipelineDefinition,
+    PipelineExecutor,
     PipelineResult,
     PipelineRunError,
+    StageDefinition,
     StageResult,
     StageStatus,
     cancelled_result,
@@ -258,6 +262,20 @@ def test_raise_for_failure_raises_pipeline_run_error() -> None:
     assert info.value.result is res
     assert "demo" in str(info.value)
     assert "exploded" in str(info.value)
+
+
+def test_raise_for_failure_of_an_invalid_definition_names_the_problems() -> None:
+    class Echo:
+        name = "echo"
+
+        async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+            return StageResult.success(input)
+
+    bad = PipelineDefinition("bad", [StageDefinition("a", Echo(), inputs=["ghost"])])
+    res = PipelineExecutor().run_sync(bad)
+    with pytest.raises(PipelineRunError) as info:
+        res.raise_for_failure()
+    assert "unknown input 'ghost'" in str(info.value)
 
 
 def test_pipeline_result_is_frozen() -> None:
