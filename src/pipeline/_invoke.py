@@ -150,10 +150,11 @@ async def invoke_once(
             reporter.attempt_started(sid, item, n)
         t0 = clock.now()
         outcome = await attempt_once(sdef, value, context, clock, n, item)
-        error = outcome.result.error if not outcome.result.success else None
+        failed = not outcome.result.success
+        error = outcome.result.error if failed else None
         if log is not None:
             log.append((n, backoff, t0, clock.now(), error))
-        if reporter is not None and error is not None:
+        if reporter is not None and failed:
             will_retry = (
                 config is not None
                 and n < config.max_attempts
@@ -266,12 +267,14 @@ async def invoke_stage(
             return Outcome(skipped, attempts=0)
     if sdef.pattern is ExecutionPattern.FAN_OUT:
         return await fan_out(sdef, value, context, clock, cache, reporter)
-    if (
-        cache is None
-        and reporter is None
-        and (sdef.retry_config is None or sdef.retry_config.max_attempts <= 1)
-    ):
-        # The common case, kept cheap: one attempt, nothing to look up or report. The stage's
-        # own start and end times are this attempt's.
-        return await attempt_once(sdef, value, context, clock, 1)
+    if cache is None and (sdef.retry_config is None or sdef.retry_config.max_attempts <= 1):
+        # The common case, kept cheap: one attempt, nothing to look up. The stage's own start
+        # and end times are this attempt's.
+        if reporter is None:
+            return await attempt_once(sdef, value, context, clock, 1)
+        reporter.attempt_started(sid, None, 1)
+        outcome = await attempt_once(sdef, value, context, clock, 1)
+        if not outcome.result.success:
+            reporter.attempt_failed(sid, None, 1, outcome, will_retry=False)
+        return outcome
     return await invoke_once(sdef, value, context, clock, None, cache, reporter)

@@ -7,8 +7,11 @@ otherwise), so a run without observers builds no event at all. What the events a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
+from pydantic import BaseModel
+
+from pipeline._model import fast_model
 from pipeline.events import (
     AttemptFailed,
     AttemptStarted,
@@ -30,6 +33,35 @@ if TYPE_CHECKING:
     from pipeline.result import PipelineResult, StageRun
 
 
+_EventT = TypeVar("_EventT", bound=BaseModel)
+
+_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
+    cls: {
+        name: info.get_default(call_default_factory=True)
+        for name, info in cls.model_fields.items()
+        if not info.is_required()
+    }
+    for cls in (
+        AttemptFailed,
+        AttemptStarted,
+        FanOutItemFinished,
+        RetryScheduled,
+        RunFinished,
+        RunStarted,
+        StageCacheHit,
+        StageFinished,
+        StageStarted,
+        WaveStarted,
+    )
+}
+
+
+def _event(cls: type[_EventT], **fields: Any) -> _EventT:
+    # The reporter builds every field from already-typed run state, so validating it again
+    # would only add cost to each observed state change (measured by benchmarks/overhead.py).
+    return fast_model(cls, {**_DEFAULTS[cls], **fields})
+
+
 @final
 class RunReporter:
     """Emits the events of one run, stamping each with the run id and the clock's time."""
@@ -48,7 +80,8 @@ class RunReporter:
     def run_started(self, name: str, plan: ExecutionPlan | None, scheduling: str) -> None:
         """Before any stage starts (`plan` is None for an invalid definition)."""
         self._bus.emit(
-            RunStarted(
+            _event(
+                RunStarted,
                 run_id=self.run_id,
                 at_s=self._at(),
                 pipeline_name=name,
@@ -61,22 +94,32 @@ class RunReporter:
     def wave_started(self, wave: int, stage_ids: tuple[str, ...]) -> None:
         """A wave's barrier opened (waves scheduling only)."""
         self._bus.emit(
-            WaveStarted(run_id=self.run_id, at_s=self._at(), wave=wave, stage_ids=stage_ids)
+            _event(WaveStarted, run_id=self.run_id, at_s=self._at(), wave=wave, stage_ids=stage_ids)
         )
 
     def stage_started(self, stage_id: str, wave: int, items: int | None) -> None:
         """A stage's task began (its condition is evaluated next)."""
         self._bus.emit(
-            StageStarted(
-                run_id=self.run_id, at_s=self._at(), stage_id=stage_id, wave=wave, items=items
+            _event(
+                StageStarted,
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=stage_id,
+                wave=wave,
+                items=items,
             )
         )
 
     def attempt_started(self, stage_id: str, item: int | None, attempt: int) -> None:
         """One call of `execute` is about to happen."""
         self._bus.emit(
-            AttemptStarted(
-                run_id=self.run_id, at_s=self._at(), stage_id=stage_id, item=item, attempt=attempt
+            _event(
+                AttemptStarted,
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=stage_id,
+                item=item,
+                attempt=attempt,
             )
         )
 
@@ -85,7 +128,8 @@ class RunReporter:
     ) -> None:
         """One call of `execute` failed (raised, timed out or returned a failure)."""
         self._bus.emit(
-            AttemptFailed(
+            _event(
+                AttemptFailed,
                 run_id=self.run_id,
                 at_s=self._at(),
                 stage_id=stage_id,
@@ -102,7 +146,8 @@ class RunReporter:
     ) -> None:
         """Attempt `attempt` will start after `delay_s` of backoff."""
         self._bus.emit(
-            RetryScheduled(
+            _event(
+                RetryScheduled,
                 run_id=self.run_id,
                 at_s=self._at(),
                 stage_id=stage_id,
@@ -115,8 +160,13 @@ class RunReporter:
     def cache_hit(self, stage_id: str, item: int | None, key: str | None) -> None:
         """The stage (or item) was served from the cache; `execute` is not called."""
         self._bus.emit(
-            StageCacheHit(
-                run_id=self.run_id, at_s=self._at(), stage_id=stage_id, item=item, key=key
+            _event(
+                StageCacheHit,
+                run_id=self.run_id,
+                at_s=self._at(),
+                stage_id=stage_id,
+                item=item,
+                key=key,
             )
         )
 
@@ -124,7 +174,8 @@ class RunReporter:
         """One fan-out item ended."""
         result = outcome.result
         self._bus.emit(
-            FanOutItemFinished(
+            _event(
+                FanOutItemFinished,
                 run_id=self.run_id,
                 at_s=self._at(),
                 stage_id=stage_id,
@@ -139,7 +190,8 @@ class RunReporter:
     def stage_finished(self, record: StageRun) -> None:
         """A stage ended, whatever the way (also skipped or never started)."""
         self._bus.emit(
-            StageFinished(
+            _event(
+                StageFinished,
                 run_id=self.run_id,
                 at_s=self._at(),
                 stage_id=record.stage_id,
@@ -155,7 +207,8 @@ class RunReporter:
     def run_finished(self, result: PipelineResult) -> None:
         """The run's result is built."""
         self._bus.emit(
-            RunFinished(
+            _event(
+                RunFinished,
                 run_id=self.run_id,
                 at_s=self._at(),
                 pipeline_name=result.pipeline_name,

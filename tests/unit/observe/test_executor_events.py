@@ -322,6 +322,31 @@ async def test_attempt_runs_record_backoff_start_duration_and_error() -> None:
     assert (record.started_ms, record.finished_ms, record.duration_ms) == (0.0, 4500.0, 4500.0)
 
 
+class SilentFailure:
+    """Returns a failed result without any error text."""
+
+    name = "silent"
+
+    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult(success=False)
+
+
+@pytest.mark.parametrize("retry", [None, RetryConfig(max_attempts=2, initial_delay_ms=10)])
+async def test_a_failure_without_error_text_still_emits_attempt_failed(
+    retry: RetryConfig | None,
+) -> None:
+    definition = PipelineDefinition(
+        "silent", [StageDefinition("s", SilentFailure(), retry_config=retry)]
+    )
+    result, events = await run(definition)
+    assert result.failed_stages == ["s"]
+    failed = [e for e in events if isinstance(e, AttemptFailed)]
+    attempts = 1 if retry is None else 2
+    assert [(e.attempt, e.will_retry) for e in failed] == [
+        (n, n < attempts) for n in range(1, attempts + 1)
+    ]
+
+
 @pytest.mark.parametrize("observed", [False, True])
 async def test_attempt_runs_of_single_attempts_with_and_without_observers(observed: bool) -> None:
     clock = FakeClock()
