@@ -2,7 +2,8 @@
 
 Workloads (all in one process, baseline and pipeline runs interleaved):
 
-- W1: one source -> 200 parallel no-op stages -> join.
+- W1: one source -> 200 parallel no-op stages -> join; then the same with one no-op sync
+  (and one async) observer against no observers, the cost of watching a run.
 - W2: a chain of 200 no-op stages.
 - W3: fan-out of one no-op stage over 10,000 items (max_concurrent_fan_out=100), plus the
   tracemalloc peak for 2,500 / 5,000 / 10,000 items.
@@ -39,6 +40,8 @@ from pipeline import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from pipeline.events import PipelineEvent
+
 FAN = 200  # W1 width
 CHAIN = 200  # W2 length
 ITEMS = 10_000  # W3 items
@@ -48,6 +51,7 @@ DAG_NODES = 40
 DAG_SEED = 20240611
 
 TARGET_US_PER_STAGE = 20.0
+TARGET_US_PER_STAGE_OBSERVED = 10.0  # added by one no-op sync observer (3 events per stage)
 TARGET_US_PER_ITEM = 8.0
 TARGET_EAGER_RATIO = 1.05
 
@@ -67,6 +71,26 @@ class NoOpStage:
 
     async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
         return StageResult.success(input)
+
+
+class NoOpObserver:
+    """A sync observer that only counts the events it is given."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def on_event(self, event: PipelineEvent, /) -> None:
+        self.events += 1
+
+
+class AsyncNoOpObserver:
+    """The same as an `async def` observer (delivered by the dispatcher's task)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    async def on_event(self, event: PipelineEvent, /) -> None:
+        self.events += 1
 
 
 class SleepStage:
@@ -322,6 +346,32 @@ async def run(repeats: int, dag_repeats: int, backend: str) -> bool:
                 f"{per_stage:.1f} µs/stage",
                 f"<= {TARGET_US_PER_STAGE:g} µs/stage",
                 per_stage <= TARGET_US_PER_STAGE,
+            )
+        )
+
+    # Observers: W1 with one no-op observer against W1 with none (same executor settings).
+    w1 = w1_definition()
+    stages = len(w1.stages)
+    for kind, observer in (("sync", NoOpObserver()), ("async", AsyncNoOpObserver())):
+        observed = PipelineExecutor(observers=[observer])
+
+        async def quiet(d: PipelineDefinition = w1) -> None:
+            checked(await executor.execute(d))
+
+        async def watched(d: PipelineDefinition = w1, ex: PipelineExecutor = observed) -> None:
+            checked(await ex.execute(d))
+
+        base, cand = await compare(quiet, watched, repeats)
+        per_stage = (cand - base) / stages * 1e6
+        is_sync = kind == "sync"
+        rows.append(
+            Row(
+                f"W1 + 1 no-op {kind} observer ({observer.events // (repeats + 1)} events)",
+                f"{ms(base)} (no observers)",
+                ms(cand),
+                f"{per_stage:.1f} µs/stage",
+                f"<= {TARGET_US_PER_STAGE_OBSERVED:g} µs/stage" if is_sync else "info",
+                per_stage <= TARGET_US_PER_STAGE_OBSERVED if is_sync else None,
             )
         )
 
