@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from pipeline.cache._serialize import Serializer
     from pipeline.cache._store import CacheStore
     from pipeline.clock import Clock
+    from pipeline.context import CancelToken
     from pipeline.definition import PipelineDefinition, StageDefinition
     from pipeline.events import Observer
     from pipeline.plan import ExecutionPlan
@@ -56,6 +57,9 @@ Scheduling = Literal["waves", "eager"]
 """`waves`: wave k starts when wave k-1 is done. `eager`: a stage starts when its inputs are."""
 
 StopKind = Literal["fail_fast", "cancelled", "timeout"]
+
+TOKEN_POLL_S = 0.02
+"""How often a cancel token that cannot be awaited (not an `anyio.Event`) is checked."""
 
 NOT_STARTED = "not started"
 UPSTREAM_FAILED = "upstream failed"
@@ -265,6 +269,18 @@ class _Run:
             if self.reporter is not None and self.stop_kind is None:
                 self.reporter.wave_started(self.current_wave, plan.waves[self.current_wave])
 
+    def abandon(self, reason: str) -> None:
+        """End every stage still in flight or unstarted as cancelled (the run is torn down)."""
+        if self.stop_kind is None:
+            self.stop_kind, self.stop_reason = "cancelled", reason
+        now = self.clock.now()
+        for sid in list(self.in_flight):
+            if sid not in self.results:
+                cancelled = StageResult.cancelled(reason, stage_name=sid)
+                self.finish(sid, Outcome(cancelled, attempts=0), None, now)
+        self.in_flight.clear()
+        self.settle_unfinished()
+
     def settle_unfinished(self) -> None:
         """Stages that never ran end as cancelled ("not started")."""
         for sid in self.plan.order:
@@ -384,6 +400,13 @@ class PipelineExecutor:
                 return await self._execute(
                     pipeline, initial_input, ctx, started, deadline, reporter
                 )
+        except BaseExceptionGroup as group:
+            # KeyboardInterrupt or SystemExit raised in a stage reach the caller as themselves,
+            # not wrapped in the task groups' BaseExceptionGroup (stage *errors* never get here).
+            leaf = _sole_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
         finally:
             current_clock.reset(clock_token)
 
@@ -403,6 +426,7 @@ class PipelineExecutor:
                 reporter.run_finished(result)
             return result
         remove_listener: Callable[[], None] | None = None
+        run: _Run | None = None
         try:
             async with anyio.create_task_group() as tg:
                 run = _Run(
@@ -427,15 +451,24 @@ class PipelineExecutor:
                         reporter.wave_started(0, run.plan.waves[0])
                 if deadline is not None:
                     tg.start_soon(self._pipeline_timeout, run, deadline)
-                if isinstance(ctx.cancel_token, anyio.Event):
-                    tg.start_soon(self._await_token, run, ctx.cancel_token)
+                token = ctx.cancel_token
+                if token is not None:
+                    tg.start_soon(self._watch_token, run, token)
                 run.launch_ready()
                 if run.in_flight:
                     await run.idle.wait()
                 tg.cancel_scope.cancel()  # the watchdogs, if any
+        except BaseException:
+            # The caller was cancelled (or a stage raised KeyboardInterrupt): observers still
+            # get every stage's end and RunFinished, so no span or progress bar stays open.
+            if reporter is not None and run is not None:
+                run.abandon("execute() was cancelled by its caller")
+                reporter.run_finished(run.build(self.scheduling))
+            raise
         finally:
             if remove_listener is not None:
                 remove_listener()
+        assert run is not None  # built first thing inside the task group
         run.settle_unfinished()
         result = run.build(self.scheduling)
         if reporter is not None:
@@ -504,8 +537,18 @@ class PipelineExecutor:
         name, timeout_ms = run.definition.name, self.timeout_ms
         run.stop("timeout", f"Timeout: pipeline {name!r} exceeded timeout_ms={timeout_ms:g}")
 
-    async def _await_token(self, run: _Run, token: anyio.Event) -> None:
-        await token.wait()
+    async def _watch_token(self, run: _Run, token: CancelToken) -> None:
+        """Stop the run once the context's cancel token is set.
+
+        An `anyio.Event` is awaited. Any other token (`threading.Event`, `asyncio.Event`, ...)
+        is polled every `TOKEN_POLL_S` of real time: a poll interval is not a semantic wait, so
+        it must not move a `FakeClock`.
+        """
+        if isinstance(token, anyio.Event):
+            await token.wait()
+        else:
+            while not token.is_set():  # noqa: ASYNC110  # nothing to await on a foreign token
+                await anyio.sleep(TOKEN_POLL_S)
         run.stop("cancelled", "cancel_token is set")
 
     def _cancel_listener(self, run: _Run) -> Callable[[str], None]:
@@ -541,3 +584,22 @@ class PipelineExecutor:
             stage_runs={},
             run_id=None if reporter is None else reporter.run_id,
         )
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception that every leaf of `group` is, if it is a KeyboardInterrupt/SystemExit.
+
+    Fan-out nests task groups, so the same interrupt can arrive wrapped twice.
+    """
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    interrupts = [e for e in leaves if isinstance(e, KeyboardInterrupt | SystemExit)]
+    if interrupts and all(isinstance(e, KeyboardInterrupt | SystemExit) for e in leaves):
+        return interrupts[0]
+    return None

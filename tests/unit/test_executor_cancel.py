@@ -338,3 +338,95 @@ async def test_cancel_scope_deadline_around_execute() -> None:
     assert scope.cancelled_caught
     assert results == []
     assert unwound == ["s"]
+
+
+# -- interrupts, foreign tokens, observers of a cancelled caller -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "pattern"),
+    [
+        ("asyncio", ExecutionPattern.SEQUENTIAL),
+        ("trio", ExecutionPattern.SEQUENTIAL),
+        # asyncio itself stops its loop on SystemExit and abandons the other fan-out workers
+        # unawaited (a warning at garbage collection), so the nested case runs on trio only.
+        ("trio", ExecutionPattern.FAN_OUT),
+    ],
+)
+def test_system_exit_in_a_stage_reaches_the_caller_unwrapped(
+    backend: Backend, pattern: ExecutionPattern
+) -> None:
+    async def leave(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        raise SystemExit(3)
+
+    definition = PipelineDefinition("exit", [StageDefinition("leave", Fn(leave), pattern=pattern)])
+
+    async def scenario() -> None:
+        await PipelineExecutor().execute(definition, [1, 2])
+
+    with pytest.raises(SystemExit) as caught:
+        anyio.run(scenario, backend=backend)
+    assert caught.value.code == 3
+
+
+@on_both_backends
+async def test_a_threading_event_token_cancels_stages_in_flight() -> None:
+    """A token that cannot be awaited is polled: blocked stages are cancelled, not waited for."""
+    token = threading.Event()
+    started = anyio.Event()
+
+    async def block(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    definition = PipelineDefinition(
+        "tok", [StageDefinition("a", Fn(block)), StageDefinition("b", Fn(block))]
+    )
+    holder: list[PipelineResult] = []
+
+    async def run() -> None:
+        context = PipelineContext(cancel_token=token)
+        holder.append(await PipelineExecutor().execute(definition, None, context))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            token.set()
+    result = holder[0]
+    assert not result.success
+    assert result.cancelled_stages == ["a", "b"]
+    assert result.metadata["cancellation"] == {"reason": "cancel_token is set"}
+
+
+@on_both_backends
+async def test_observers_see_the_end_of_a_run_whose_caller_was_cancelled() -> None:
+    """Cancelling the awaiting task still closes every stage and the run for observers."""
+    events: list[Any] = []
+
+    class Collect:
+        def on_event(self, event: Any) -> None:
+            events.append(event)
+
+    started = anyio.Event()
+
+    async def block(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    definition = PipelineDefinition(
+        "caller",
+        [StageDefinition("a", Fn(block)), StageDefinition("after", const(1), inputs=["a"])],
+    )
+    executor = PipelineExecutor(observers=[Collect()])
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(executor.execute, definition)
+            await started.wait()
+            tg.cancel_scope.cancel()
+    finished = {e.stage_id: e.status for e in events if e.kind == "stage_finished"}
+    assert finished == {"a": StageStatus.CANCELLED, "after": StageStatus.CANCELLED}
+    assert events[-1].kind == "run_finished"
+    assert events[-1].success is False
