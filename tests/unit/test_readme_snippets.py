@@ -6,6 +6,7 @@ Blocks fenced as ```py are fragments (pytest tests, one-liners); each of those i
 
 from __future__ import annotations
 
+import logging
 import re
 import runpy
 from pathlib import Path
@@ -24,7 +25,17 @@ def test_readme_has_python_snippets() -> None:
 def test_readme_snippet_runs(
     index: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    if "opentelemetry" in BLOCKS[index]:
+        pytest.importorskip("opentelemetry")
+    if "observers.progress" in BLOCKS[index]:
+        pytest.importorskip("rich")
     script = tmp_path / f"snippet_{index}.py"
     script.write_text(BLOCKS[index], encoding="utf-8")
-    runpy.run_path(str(script), run_name="__main__")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:  # a snippet may call logging.basicConfig(): leave the root logger as it was
+        root.handlers[:] = handlers
+        root.setLevel(level)
     capsys.readouterr()
