@@ -22,7 +22,7 @@ def test_events_are_frozen_and_reject_unknown_fields() -> None:
 
 def test_payload_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        StageStarted("r", 0.0, "a")  # type: ignore[misc]  # the point: positional payload rejected
+        StageStarted("r", 0.0, "a")  # type: ignore[call-arg]  # the point: positional payload rejected
 
 
 def test_lineage_id_names_fan_out_items() -> None:
