@@ -5,9 +5,13 @@ Mutable bookkeeping lives in the executor's run state, never here.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import functools
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -39,3 +43,31 @@ def fast_model(cls: type[ModelT], fields: dict[str, Any]) -> ModelT:
 def copy_with(model: ModelT, **changes: Any) -> ModelT:
     """A copy of a (frozen) model with `changes` applied, without validation."""
     return fast_model(type(model), {**model.__dict__, **changes})
+
+
+@functools.cache
+def _defaults(cls: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
+    static: dict[str, Any] = {}
+    factories: dict[str, Callable[[], Any]] = {}
+    for name, info in cls.model_fields.items():
+        if info.is_required():
+            continue
+        if info.default_factory is not None:
+            factories[name] = info.default_factory  # type: ignore[assignment]  # no-arg factories only
+        else:
+            static[name] = info.default
+    return static, factories
+
+
+def trusted_model(cls: type[ModelT], **fields: Any) -> ModelT:
+    """`fast_model` with the class's defaults filled in for the fields not given.
+
+    For values the library builds from its own, already-typed state (run records, events):
+    validating them again would only cost time on every state change.
+    """
+    static, factories = _defaults(cls)
+    data = {**static, **fields}
+    for name, factory in factories.items():
+        if name not in fields:
+            data[name] = factory()
+    return fast_model(cls, data)

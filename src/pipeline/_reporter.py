@@ -7,11 +7,9 @@ otherwise), so a run without observers builds no event at all. What the events a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, final
 
-from pydantic import BaseModel
-
-from pipeline._model import fast_model
+from pipeline._model import trusted_model
 from pipeline.events import (
     AttemptFailed,
     AttemptStarted,
@@ -29,37 +27,9 @@ if TYPE_CHECKING:
     from pipeline._dispatch import EventDispatcher
     from pipeline._invoke import Outcome
     from pipeline.clock import Clock
+    from pipeline.events import PipelineEvent
     from pipeline.plan import ExecutionPlan
     from pipeline.result import PipelineResult, StageRun
-
-
-_EventT = TypeVar("_EventT", bound=BaseModel)
-
-_DEFAULTS: dict[type[BaseModel], dict[str, Any]] = {
-    cls: {
-        name: info.get_default(call_default_factory=True)
-        for name, info in cls.model_fields.items()
-        if not info.is_required()
-    }
-    for cls in (
-        AttemptFailed,
-        AttemptStarted,
-        FanOutItemFinished,
-        RetryScheduled,
-        RunFinished,
-        RunStarted,
-        StageCacheHit,
-        StageFinished,
-        StageStarted,
-        WaveStarted,
-    )
-}
-
-
-def _event(cls: type[_EventT], **fields: Any) -> _EventT:
-    # The reporter builds every field from already-typed run state, so validating it again
-    # would only add cost to each observed state change (measured by benchmarks/overhead.py).
-    return fast_model(cls, {**_DEFAULTS[cls], **fields})
 
 
 @final
@@ -74,147 +44,112 @@ class RunReporter:
         self._started = started
         self.run_id = run_id
 
-    def _at(self) -> float:
-        return self._clock.now() - self._started
+    def _emit(self, cls: type[PipelineEvent], **fields: Any) -> None:
+        # Built from already-typed run state, so not validated again: that would only add cost
+        # to each observed state change (measured by benchmarks/overhead.py).
+        at_s = self._clock.now() - self._started
+        self._bus.emit(trusted_model(cls, run_id=self.run_id, at_s=at_s, **fields))
 
     def run_started(self, name: str, plan: ExecutionPlan | None, scheduling: str) -> None:
         """Before any stage starts (`plan` is None for an invalid definition)."""
-        self._bus.emit(
-            _event(
-                RunStarted,
-                run_id=self.run_id,
-                at_s=self._at(),
-                pipeline_name=name,
-                stage_ids=() if plan is None else plan.order,
-                waves=() if plan is None else plan.waves,
-                scheduling=scheduling,
-            )
+        self._emit(
+            RunStarted,
+            pipeline_name=name,
+            stage_ids=() if plan is None else plan.order,
+            waves=() if plan is None else plan.waves,
+            scheduling=scheduling,
         )
 
     def wave_started(self, wave: int, stage_ids: tuple[str, ...]) -> None:
         """A wave's barrier opened (waves scheduling only)."""
-        self._bus.emit(
-            _event(WaveStarted, run_id=self.run_id, at_s=self._at(), wave=wave, stage_ids=stage_ids)
-        )
+        self._emit(WaveStarted, wave=wave, stage_ids=stage_ids)
 
     def stage_started(self, stage_id: str, wave: int, items: int | None) -> None:
         """A stage's task began (its condition is evaluated next)."""
-        self._bus.emit(
-            _event(
-                StageStarted,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=stage_id,
-                wave=wave,
-                items=items,
-            )
+        self._emit(
+            StageStarted,
+            stage_id=stage_id,
+            wave=wave,
+            items=items,
         )
 
     def attempt_started(self, stage_id: str, item: int | None, attempt: int) -> None:
         """One call of `execute` is about to happen."""
-        self._bus.emit(
-            _event(
-                AttemptStarted,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=stage_id,
-                item=item,
-                attempt=attempt,
-            )
+        self._emit(
+            AttemptStarted,
+            stage_id=stage_id,
+            item=item,
+            attempt=attempt,
         )
 
     def attempt_failed(
         self, stage_id: str, item: int | None, attempt: int, outcome: Outcome, *, will_retry: bool
     ) -> None:
         """One call of `execute` failed (raised, timed out or returned a failure)."""
-        self._bus.emit(
-            _event(
-                AttemptFailed,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=stage_id,
-                item=item,
-                attempt=attempt,
-                error=outcome.result.error,
-                exception_type=outcome.exception_type,
-                will_retry=will_retry,
-            )
+        self._emit(
+            AttemptFailed,
+            stage_id=stage_id,
+            item=item,
+            attempt=attempt,
+            error=outcome.result.error,
+            exception_type=outcome.exception_type,
+            will_retry=will_retry,
         )
 
     def retry_scheduled(
         self, stage_id: str, item: int | None, attempt: int, delay_s: float
     ) -> None:
         """Attempt `attempt` will start after `delay_s` of backoff."""
-        self._bus.emit(
-            _event(
-                RetryScheduled,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=stage_id,
-                item=item,
-                attempt=attempt,
-                delay_s=delay_s,
-            )
+        self._emit(
+            RetryScheduled,
+            stage_id=stage_id,
+            item=item,
+            attempt=attempt,
+            delay_s=delay_s,
         )
 
     def cache_hit(self, stage_id: str, item: int | None, key: str | None) -> None:
         """The stage (or item) was served from the cache; `execute` is not called."""
-        self._bus.emit(
-            _event(
-                StageCacheHit,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=stage_id,
-                item=item,
-                key=key,
-            )
+        self._emit(
+            StageCacheHit,
+            stage_id=stage_id,
+            item=item,
+            key=key,
         )
 
     def item_finished(self, stage_id: str, item: int, outcome: Outcome) -> None:
         """One fan-out item ended."""
         result = outcome.result
-        self._bus.emit(
-            _event(
-                FanOutItemFinished,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=stage_id,
-                item=item,
-                status=result.status,
-                attempts=outcome.attempts,
-                cached=outcome.cached,
-                error=result.error,
-            )
+        self._emit(
+            FanOutItemFinished,
+            stage_id=stage_id,
+            item=item,
+            status=result.status,
+            attempts=outcome.attempts,
+            cached=outcome.cached,
+            error=result.error,
         )
 
     def stage_finished(self, record: StageRun) -> None:
         """A stage ended, whatever the way (also skipped or never started)."""
-        self._bus.emit(
-            _event(
-                StageFinished,
-                run_id=self.run_id,
-                at_s=self._at(),
-                stage_id=record.stage_id,
-                status=record.status,
-                attempts=record.attempts,
-                cached=record.cached,
-                error=record.error,
-                duration_s=record.duration_ms / 1000,
-                items=record.items,
-            )
+        self._emit(
+            StageFinished,
+            stage_id=record.stage_id,
+            status=record.status,
+            attempts=record.attempts,
+            cached=record.cached,
+            error=record.error,
+            duration_s=record.duration_ms / 1000,
+            items=record.items,
         )
 
     def run_finished(self, result: PipelineResult) -> None:
         """The run's result is built."""
-        self._bus.emit(
-            _event(
-                RunFinished,
-                run_id=self.run_id,
-                at_s=self._at(),
-                pipeline_name=result.pipeline_name,
-                success=result.success,
-                duration_s=result.total_duration_ms / 1000,
-                error=result.error,
-                failed_stages=tuple(result.failed_stages),
-            )
+        self._emit(
+            RunFinished,
+            pipeline_name=result.pipeline_name,
+            success=result.success,
+            duration_s=result.total_duration_ms / 1000,
+            error=result.error,
+            failed_stages=tuple(result.failed_stages),
         )

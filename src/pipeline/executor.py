@@ -24,7 +24,7 @@ import anyio.lowlevel
 
 from pipeline._dispatch import EventDispatcher, new_run_id
 from pipeline._invoke import Outcome, invoke_stage
-from pipeline._model import fast_model
+from pipeline._model import fast_model, trusted_model
 from pipeline._reporter import RunReporter
 from pipeline.cache._serialize import JsonSerializer
 from pipeline.cache._step import CacheTally, StageCache
@@ -63,16 +63,6 @@ TOKEN_POLL_S = 0.02
 
 NOT_STARTED = "not started"
 UPSTREAM_FAILED = "upstream failed"
-
-_RECORD_DEFAULTS: dict[str, Any] = {
-    name: info.get_default(call_default_factory=True)
-    for name, info in StageRun.model_fields.items()
-    if not info.is_required()
-}
-
-
-def _record(**fields: Any) -> StageRun:
-    return fast_model(StageRun, {**_RECORD_DEFAULTS, **fields})
 
 
 @dataclass(slots=True, eq=False)
@@ -224,7 +214,8 @@ class _Run:
                 ),
             )
         ready_at = self.ready_at.get(sid)
-        return _record(
+        return trusted_model(
+            StageRun,
             stage_id=sid,
             status=result.status,
             attempts=outcome.attempts,
@@ -287,7 +278,9 @@ class _Run:
             if sid not in self.results:
                 result = StageResult.cancelled(NOT_STARTED, stage_name=sid)
                 self.results[sid] = result
-                record = _record(stage_id=sid, status=StageStatus.CANCELLED, error=result.error)
+                record = trusted_model(
+                    StageRun, stage_id=sid, status=StageStatus.CANCELLED, error=result.error
+                )
                 self.records[sid] = record
                 if self.reporter is not None:
                     self.reporter.stage_finished(record)
