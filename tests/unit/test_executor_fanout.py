@@ -328,6 +328,16 @@ async def test_each_item_has_its_own_timeout() -> None:
     assert error is not None
     assert "Timeout" in error
     assert "[1]" in error
+    assert result.get_result("each").metadata["failed_items"] == [1]
+
+    # Three 40 ms items one at a time take 120 ms in all: only a per-item bound lets them pass.
+    fast = Fn(body)
+    with anyio.fail_after(2):
+        result = await PipelineExecutor(clock=clock).execute(
+            fan(fast, cap=1, timeout_ms=50), [0, 2, 3]
+        )
+    assert result.success
+    assert result.outputs["each"] == [0, 2, 3]
 
 
 @on_both_backends
