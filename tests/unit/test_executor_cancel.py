@@ -85,6 +85,10 @@ def blocker(started: anyio.Event, finished: list[str], name: str) -> Fn:
     return Fn(body)
 
 
+def running_task_ids() -> set[int]:
+    return {task.id for task in anyio.get_running_tasks()}
+
+
 # -- through the context -------------------------------------------------------------------------------
 
 
@@ -299,6 +303,7 @@ def test_cancelling_the_caller_propagates_and_leaves_no_task(
             stages.append(StageDefinition("b", stage))
         pipeline = PipelineDefinition("c", stages)
         outcome: list[str] = []
+        tasks_before = running_task_ids()
 
         async def run() -> None:
             try:
@@ -316,17 +321,18 @@ def test_cancelling_the_caller_propagates_and_leaves_no_task(
         assert outcome == ["cancelled"]
         assert running == 0
         assert len(unwound) == expected
+        assert running_task_ids() == tasks_before  # no stage, worker or watchdog task left
 
     anyio.run(scenario, backend=backend)
 
 
-async def test_cancel_scope_deadline_around_execute() -> None:
-    """A caller's move_on_after cancels the run and execute does not return a result."""
+async def test_cancel_scope_around_execute() -> None:
+    """A caller's cancel scope cancels the run and execute does not return a result."""
     started = anyio.Event()
     unwound: list[str] = []
     pipeline = PipelineDefinition("c", [StageDefinition("slow", blocker(started, unwound, "s"))])
     results: list[PipelineResult] = []
-    with anyio.CancelScope() as scope:
+    with anyio.fail_after(2), anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
 
             async def cancel_when_started() -> None:
@@ -343,6 +349,7 @@ async def test_cancel_scope_deadline_around_execute() -> None:
 # -- interrupts, foreign tokens, observers of a cancelled caller -----------------------------------
 
 
+@pytest.mark.parametrize("interrupt", [SystemExit(3), KeyboardInterrupt("stop")], ids=repr)
 @pytest.mark.parametrize(
     ("backend", "pattern"),
     [
@@ -353,20 +360,20 @@ async def test_cancel_scope_deadline_around_execute() -> None:
         ("trio", ExecutionPattern.FAN_OUT),
     ],
 )
-def test_system_exit_in_a_stage_reaches_the_caller_unwrapped(
-    backend: Backend, pattern: ExecutionPattern
+def test_interrupts_in_a_stage_reach_the_caller_unwrapped(
+    backend: Backend, pattern: ExecutionPattern, interrupt: BaseException
 ) -> None:
     async def leave(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise SystemExit(3)
+        raise interrupt
 
     definition = PipelineDefinition("exit", [StageDefinition("leave", Fn(leave), pattern=pattern)])
 
     async def scenario() -> None:
         await PipelineExecutor().execute(definition, [1, 2])
 
-    with pytest.raises(SystemExit) as caught:
+    with pytest.raises(type(interrupt)) as caught:
         anyio.run(scenario, backend=backend)
-    assert caught.value.code == 3
+    assert caught.value is interrupt
 
 
 @on_both_backends
@@ -384,6 +391,7 @@ async def test_a_threading_event_token_cancels_stages_in_flight() -> None:
         "tok", [StageDefinition("a", Fn(block)), StageDefinition("b", Fn(block))]
     )
     holder: list[PipelineResult] = []
+    tasks_before = running_task_ids()
 
     async def run() -> None:
         context = PipelineContext(cancel_token=token)
@@ -398,6 +406,42 @@ async def test_a_threading_event_token_cancels_stages_in_flight() -> None:
     assert not result.success
     assert result.cancelled_stages == ["a", "b"]
     assert result.metadata["cancellation"] == {"reason": "cancel_token is set"}
+    assert running_task_ids() == tasks_before  # the token poller ended with the run
+
+
+async def test_an_asyncio_event_token_set_by_another_task_cancels_the_run() -> None:
+    """SPEC 5 names an asyncio.Event as a cancel token (asyncio only, by nature)."""
+    import asyncio  # noqa: TID251  # interop with asyncio's own Event is what is tested
+
+    token = asyncio.Event()
+    started = anyio.Event()
+    unwound: list[str] = []
+    later = echo()
+    pipeline = PipelineDefinition(
+        "c",
+        [
+            StageDefinition("slow", blocker(started, unwound, "slow")),
+            StageDefinition("later", later, inputs=["slow"]),
+        ],
+    )
+    holder: list[PipelineResult] = []
+
+    async def run() -> None:
+        holder.append(
+            await PipelineExecutor().execute(pipeline, None, PipelineContext(cancel_token=token))
+        )
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            token.set()
+    (result,) = holder
+    assert result.success is False
+    assert unwound == ["slow"]
+    assert result.cancelled_stages == ["slow", "later"]
+    assert later.calls == 0
+    assert "cancellation" in result.metadata
 
 
 @on_both_backends
