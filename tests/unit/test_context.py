@@ -148,6 +148,16 @@ async def test_anyio_event_cancel_token() -> None:
     assert ctx.is_cancelled()
 
 
+async def test_asyncio_event_cancel_token() -> None:
+    import asyncio  # noqa: TID251  # interop with asyncio's own Event is what is tested
+
+    token = asyncio.Event()
+    ctx = PipelineContext(cancel_token=token)
+    assert not ctx.is_cancelled()
+    token.set()
+    assert ctx.is_cancelled()
+
+
 def test_cancel_token_is_settable_attribute() -> None:
     ctx = PipelineContext()
     token = threading.Event()

@@ -128,6 +128,9 @@ def test_stage_definition_positional_id_and_stage() -> None:
     assert d.timeout_ms is None
     assert d.critical is True
     assert d.max_concurrent_fan_out == 4
+    assert d.description is None
+    assert d.input_type is None
+    assert d.output_type is None
 
 
 def test_stage_definition_keyword_id_and_stage() -> None:

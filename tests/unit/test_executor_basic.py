@@ -226,6 +226,16 @@ def test_waves_wait_for_previous_wave_eager_does_not(
 
 
 @on_both_backends
+async def test_default_scheduling_is_waves() -> None:
+    """Without `scheduling=`, a wave starts only after the previous one has finished."""
+    observed: dict[str, bool] = {}
+    with anyio.fail_after(2):
+        result = await PipelineExecutor().execute(_waves_probe_pipeline(observed))
+    assert result.scheduling == "waves"
+    assert observed == {"next_started_while_slow_ran": False}
+
+
+@on_both_backends
 async def test_eager_starts_stage_while_other_wave_runs() -> None:
     """In eager mode a wave-1 stage may unblock a still-running wave-0 stage."""
     next_started = anyio.Event()
