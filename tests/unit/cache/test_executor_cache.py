@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,8 @@ from pipeline.cache import CacheKey, CacheStore, MemoryCache, SQLiteCache
 from pipeline.testing import FakeClock
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pytest
 
 StoreFactory = Callable[..., CacheStore]
@@ -219,7 +223,8 @@ async def test_cancelled_stages_write_nothing(make_store: StoreFactory) -> None:
     pipeline = PipelineDefinition(
         "p", [StageDefinition("waits", Waits()), StageDefinition("fails", FailsOnceStarted())]
     )
-    result = await PipelineExecutor(cache=store).execute(pipeline, 1)
+    with anyio.fail_after(5):
+        result = await PipelineExecutor(cache=store).execute(pipeline, 1)
     assert result.cancelled_stages == ["waits"]
     assert await store.count() == 0
     await store.aclose()
@@ -510,11 +515,78 @@ async def test_a_succeeded_item_keeps_its_entry_when_a_sibling_cancels_the_stage
             await store.put_started.wait()
             return StageResult.failure("sibling failed")
 
-    result = await PipelineExecutor(cache=store).execute(
-        fan_out(FailsAfterFirstWriteBegins(), cap=None), [0, 1]
-    )
+    with anyio.fail_after(5):
+        result = await PipelineExecutor(cache=store).execute(
+            fan_out(FailsAfterFirstWriteBegins(), cap=None), [0, 1]
+        )
     assert not result.success
+    assert result.get_result("items").metadata["failed_items"] == [1]
     assert await inner.count("items") == 1
+
+
+STAGE_SOURCE = """
+from pipeline import StageResult
+
+
+class Stage:
+    name = "s"
+
+    async def execute(self, input, context):
+        return StageResult.success({body})
+"""
+
+
+def load_stage(tmp_path: Path, module: str, body: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh `Stage` class from its own file, whose source `inspect` can find."""
+    path = tmp_path / f"{module}.py"
+    path.write_text(STAGE_SOURCE.format(body=body))
+    spec = importlib.util.spec_from_file_location(module, path)
+    assert spec is not None
+    assert spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module, loaded)
+    spec.loader.exec_module(loaded)
+    return loaded.Stage()
+
+
+async def test_code_fingerprint_makes_an_edited_stage_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemoryCache()
+    executor = PipelineExecutor(cache=store)
+
+    async def output_of(stage: Any, *, code: bool) -> tuple[Any, bool]:
+        definition = PipelineDefinition(
+            "p", [StageDefinition("s", stage, cache_code_fingerprint=code)]
+        )
+        result = await executor.execute(definition, 1)
+        return result.outputs["s"], result.stage_runs["s"].cached
+
+    v1 = load_stage(tmp_path, "stage_v1", "input", monkeypatch)
+    same = load_stage(tmp_path, "stage_same", "input", monkeypatch)
+    edited = load_stage(tmp_path, "stage_v2", "input + 100", monkeypatch)
+    assert await output_of(v1, code=True) == (1, False)
+    assert await output_of(same, code=True) == (1, True)  # same source: a hit
+    assert await output_of(edited, code=True) == (101, False)  # edited source: recomputed
+    # Without the opt-in the key ignores the source, so the edit is not noticed.
+    assert await output_of(v1, code=False) == (1, False)
+    assert await output_of(edited, code=False) == (1, True)
+
+
+async def test_code_fingerprint_without_source_is_not_cached_and_says_why() -> None:
+    namespace: dict[str, Any] = {}
+    exec(STAGE_SOURCE.format(body="input"), namespace)  # no file behind the class
+    definition = PipelineDefinition(
+        "p", [StageDefinition("s", namespace["Stage"](), cache_code_fingerprint=True)]
+    )
+    store = MemoryCache()
+    result = await PipelineExecutor(cache=store).execute(definition, 1)
+    assert result.success
+    assert result.outputs == {"s": 1}
+    assert await store.count() == 0
+    assert "source unavailable" in result.stage_runs["s"].cache_warnings[0]
+    assert result.cache_stats is not None
+    assert result.cache_stats.uncacheable == 1
 
 
 def test_resume_on_trio(tmp_path: Any) -> None:

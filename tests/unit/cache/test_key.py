@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import copy
 import datetime
 import enum
 import importlib.util
+import os
+import subprocess
 import sys
 import uuid
 from collections import OrderedDict
@@ -109,8 +112,29 @@ def test_different_values_have_different_fingerprints(left: object, right: objec
     ],
 )
 def test_equal_values_have_equal_stable_fingerprints(value: object) -> None:
-    assert fingerprint(value) == fingerprint(value)
+    assert fingerprint(value) == fingerprint(copy.deepcopy(value))  # by value, not identity
     assert len(fingerprint(value)) == 64
+
+
+def test_fingerprints_are_the_same_in_another_process() -> None:
+    """Cache keys outlive the process: set order and str hashing must not leak into them."""
+    value = {"tags": frozenset({"alpha", "beta", "gamma", "delta"}), "ids": {"x", "y", "z"}}
+    code = (
+        "from pipeline.cache import fingerprint\n"
+        "value = {'tags': frozenset({'alpha', 'beta', 'gamma', 'delta'}), 'ids': {'x', 'y', 'z'}}\n"
+        "print(fingerprint(value))\n"
+    )
+    seeds = {os.environ.get("PYTHONHASHSEED"), "random"}
+    seed = next(s for s in ("1", "2") if s not in seeds)  # a hash seed unlike this process's
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=20,
+        env={**os.environ, "PYTHONHASHSEED": seed},
+    )
+    assert done.stdout.strip() == fingerprint(value)
 
 
 def test_floats_are_stable_text() -> None:

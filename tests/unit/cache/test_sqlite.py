@@ -96,9 +96,10 @@ async def test_concurrent_calls_share_worker_thread_trips(
         original(batch)
 
     monkeypatch.setattr(store, "_run_batch", counting)
-    async with anyio.create_task_group() as tg:
-        for i in range(100):
-            tg.start_soon(store.put, key("a", i), b"v")
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(store.put, key("a", i), b"v")
     assert sum(trips) == 100
     assert len(trips) <= 3
     await store.aclose()
@@ -118,12 +119,13 @@ async def test_a_cancelled_leader_hands_over_to_the_waiting_callers(tmp_path: Pa
         with leader_scope:
             await store.get(key("a"))
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(leader)
-        await anyio.lowlevel.checkpoint()  # the leader is at its gathering checkpoint
-        tg.start_soon(follower)
-        tg.start_soon(follower)
-        leader_scope.cancel()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader)
+            await anyio.lowlevel.checkpoint()  # the leader is at its gathering checkpoint
+            tg.start_soon(follower)
+            tg.start_soon(follower)
+            leader_scope.cancel()
     assert got == [b"v", b"v"]
     assert store._pending == []
     assert not store._leading
