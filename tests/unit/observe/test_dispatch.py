@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from pipeline._dispatch import EventDispatcher, new_run_id
-from pipeline.events import Observer, PipelineEvent, RunStarted
+from pipeline.events import PipelineEvent, RunStarted
 from pipeline.testing import FakeClock
 
 
@@ -37,11 +37,6 @@ class Broken:
 class AsyncBroken:
     async def on_event(self, event: PipelineEvent, /) -> None:
         raise RuntimeError("async observer bug")
-
-
-def test_observers_satisfy_the_protocol() -> None:
-    observers: list[Observer] = [Recorder(), AsyncRecorder(), Broken()]
-    assert len(observers) == 3
 
 
 async def test_no_observers_is_disabled_and_emit_is_a_no_op(events: list[PipelineEvent]) -> None:
@@ -137,7 +132,7 @@ class StuckOnce:
 async def _cancel_while_stuck(
     bus: EventDispatcher, stuck: StuckOnce, *events: PipelineEvent
 ) -> None:
-    with anyio.CancelScope() as scope:
+    with anyio.fail_after(5), anyio.CancelScope() as scope:
         async with bus.running():
             for event in events:
                 bus.emit(event)
