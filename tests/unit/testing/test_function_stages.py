@@ -7,7 +7,6 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
-import anyio.lowlevel
 import pytest
 
 from pipeline import (
@@ -208,8 +207,7 @@ async def _thread_timeout(*, abandon: bool) -> tuple[StageResult[Any], bool]:
             if abandon:
                 await done.wait()
             else:
-                for _ in range(20):
-                    await anyio.lowlevel.checkpoint()
+                await anyio.wait_all_tasks_blocked()  # the run had every chance to end
             ended_before_release = done.is_set()
             release.set()
     return results[0].stage_results["slow"], ended_before_release

@@ -67,6 +67,22 @@ async def test_delay_without_clock_uses_real_time() -> None:
     s = ScriptedStage(Delay(0, then="now"))
     with anyio.fail_after(5):
         assert (await run_stage(s, None)).output == "now"
+    # An hour of real time really blocks (a virtual sleep would return at once): check that
+    # it is still waiting once everything else is idle, then cancel it.
+    hour = ScriptedStage(Delay(3600, then="late"))
+    finished: list[str | None] = []
+
+    async def run() -> None:
+        finished.append((await run_stage(hour, None)).output)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await hour.wait_for_calls(1)
+            await anyio.wait_all_tasks_blocked()
+            assert finished == []
+            tg.cancel_scope.cancel()
+    assert finished == []
 
 
 async def test_block_until_event_then_step() -> None:
