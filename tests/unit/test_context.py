@@ -53,20 +53,26 @@ def test_metrics_snapshot_is_a_copy() -> None:
     assert snap == {"a": 1}
 
 
-async def test_increment_metric_is_thread_safe() -> None:
+async def test_metrics_and_state_are_thread_safe() -> None:
     ctx = PipelineContext()
     threads, per_thread = 8, 2000
 
-    def work() -> None:
-        for _ in range(per_thread):
+    def work(worker: int) -> None:
+        for i in range(per_thread):
             ctx.increment_metric("n")
-            ctx.set_state("last", threading.get_ident())
+            ctx.set_state(f"{worker}:{i}", i)
 
     limiter = anyio.CapacityLimiter(threads)
-    async with anyio.create_task_group() as tg:
-        for _ in range(threads):
-            tg.start_soon(lambda: anyio.to_thread.run_sync(work, limiter=limiter))
+
+    async def in_thread(worker: int) -> None:
+        await anyio.to_thread.run_sync(work, worker, limiter=limiter)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for worker in range(threads):
+                tg.start_soon(in_thread, worker)
     assert ctx.metrics["n"] == threads * per_thread
+    assert len(ctx.state) == threads * per_thread  # no write was lost
 
 
 # -- services ------------------------------------------------------------------------------------------
