@@ -19,7 +19,7 @@ from pipeline import (
     SubPipeline,
     stage,
 )
-from pipeline.testing import Block, Delay, Fail, FakeClock, ScriptedStage, run_stage
+from pipeline.testing import Block, Fail, FakeClock, ScriptedStage, run_stage
 
 
 @stage
@@ -203,12 +203,24 @@ async def test_child_without_executor_inherits_the_parent_runs_clock(
 
 async def test_parent_stage_timeout_cancels_child_run(fake_clock: FakeClock) -> None:
     executor = PipelineExecutor(clock=fake_clock)
-    slow = ScriptedStage(Delay(60, then=1), clock=fake_clock)
+    unwound: list[str] = []
+
+    @stage
+    async def slow(x: int, ctx: PipelineContext[Any]) -> int:
+        try:
+            await fake_clock.sleep(60)  # passes the parent stage's 1 s deadline
+            await anyio.sleep_forever()  # only the cancellation gets the child out of here
+        finally:
+            unwound.append("slow")
+        return x
+
     child = PipelineDefinition("c", [StageDefinition("slow", slow)])
     parent = PipelineDefinition(
         "p", [StageDefinition("sub", SubPipeline(child, executor=executor), timeout_ms=1000)]
     )
-    result = await executor.execute(parent, 0)
+    with anyio.fail_after(5):
+        result = await executor.execute(parent, 0)
+    assert unwound == ["slow"]  # the child's stage in flight was cancelled, not left running
     assert result.stage_results["sub"].status is StageStatus.FAILED
     assert result.stage_results["sub"].error == "Timeout: stage 'sub' exceeded timeout_ms=1000"
 
