@@ -5,27 +5,147 @@ The executor only sees the `pipeline.clock.Clock` protocol; this is one implemen
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
-from typing import final
+import threading
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
+import anyio.to_thread
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+_SPIN_ROUNDS = 20
+"""Checkpoints the driver yields before each idle check, so work still in flight (a chain of
+awaits a few scheduler rounds long) settles before `anyio.wait_all_tasks_blocked` looks: on
+asyncio that check sleeps 0.1 s of real time whenever it finds a runnable task. Measured on the
+test suite: with no warm-up 30 of ~230 idle checks paid 0.1 s (+3 s); with 20 rounds, ~1 of ~500."""
+
+_THREAD_POLL_S = 0.001
+"""Real seconds between looks at the default thread limiter while a worker thread runs."""
+
+_COMPACT_AT = 32
+"""Dead heap entries tolerated before the timer heap is rebuilt from its live entries."""
+
+
+class _Timer:
+    """One pending wake-up: a sleeper's event or a deadline scope, due at `when`."""
+
+    __slots__ = ("event", "live", "scope", "when")
+
+    def __init__(
+        self, when: float, event: anyio.Event | None, scope: anyio.CancelScope | None
+    ) -> None:
+        self.when = when
+        self.event = event
+        self.scope = scope
+        self.live = False
+        """In the heap and not yet fired or retired."""
+
+    def fire(self) -> None:
+        if self.event is not None:
+            self.event.set()
+        elif self.scope is not None:
+            self.scope.cancel()
+
+
+_scope_types: dict[type[Any], type[Any]] = {}
+
+
+def _deadline_scope_type(base: type[Any]) -> type[Any]:
+    """A subclass of anyio's backend cancel scope telling its clock when it is entered and left.
+
+    Entering arms the deadline and leaving retires it, so only scopes something is inside can
+    make the clock jump: a scope never entered (a run that failed validation) or already left
+    (a finished stage) is not waited for and leaves nothing in the heap.
+    """
+    scope_type = _scope_types.get(base)
+    if scope_type is None:
+
+        def __enter__(self: Any) -> Any:
+            entered = base.__enter__(self)
+            clock, timer = self._fake_clock_timer
+            clock._arm(timer)
+            return entered
+
+        def __exit__(
+            self: Any,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> bool:
+            try:
+                return bool(base.__exit__(self, exc_type, exc, tb))
+            finally:
+                clock, timer = self._fake_clock_timer
+                clock._retire(timer)
+
+        namespace = {
+            "__slots__": ("_fake_clock_timer",),
+            "__enter__": __enter__,
+            "__exit__": __exit__,
+        }
+        scope_type = type(f"FakeClock{base.__name__}", (base,), namespace)
+        _scope_types[base] = scope_type
+    return scope_type
 
 
 @final
 class FakeClock:
-    """A `Clock` whose time only moves when something sleeps on it or a test advances it.
+    """A `Clock` on virtual time that jumps ahead whenever every task is waiting.
 
-    `sleep(s)` returns at once, moving virtual time to `s` after the moment it was called and
-    recording `s` in `sleeps`. `deadline_scope(s)` (timeouts) fires when virtual time passes its
-    deadline, through any sleep or through `advance()`. Pass it as `PipelineExecutor(clock=...)`.
+    Pass it as `PipelineExecutor(clock=...)`. Semantics, like trio's `MockClock` with autojump:
+
+    - `sleep(s)` records `s` in `sleeps` and registers a wake-up at `now() + s`; the sleeper
+      waits until virtual time reaches it. Sleeps in concurrent tasks therefore overlap: four
+      parallel stages sleeping 1 s each end at virtual 1 s, not 4 s. `sleep(0)` (or less) is
+      recorded and is a plain checkpoint. A cancelled sleep drops its wake-up.
+    - `deadline_scope(s)` (timeouts) returns a cancel scope cancelled when virtual time reaches
+      `now() + s` (at once if `s <= 0`). The deadline is pending only while the scope is
+      entered: a scope not yet entered, or already left, never makes the clock jump.
+    - When the program is idle, virtual time jumps to the earliest pending wake-up or deadline,
+      and everything due at that instant fires, in the order it was registered; then the clock
+      waits for idle again. A stage blocked forever on an event inside a `timeout_ms` thus
+      times out at its deadline with no `advance()`.
+    - `advance(s)` moves virtual time forward by `s` at once, firing what falls due on the way
+      in order (every woken sleeper sees the new time, as after trio's `MockClock.jump`), then
+      yields once. Time never moves otherwise: `now()` is constant while any task runs.
+
+    Idle means, checked in this order by a driver task: it has yielded 20 checkpoint rounds (so
+    work still in flight settles); `anyio.wait_all_tasks_blocked()` returned, i.e. every other
+    task is blocked (exact on trio; on asyncio anyio looks at each task's pending future and
+    sleeps 0.1 s of real time before looking again while any task is runnable); and no anyio
+    worker thread on the default limiter is running. While one runs (a sync function stage),
+    the driver waits for it from a helper thread, so the thread's real run time never trips a
+    virtual timeout, and then checks again. The driver is started on the running loop by a
+    short-lived helper thread through `anyio.from_thread.run` (no task group is at hand) when a
+    wake-up or deadline is registered; it ends when the loop is idle with nothing pending, or
+    when the loop shuts down. Given the same program, the virtual timings are the same on every
+    run, on asyncio and on trio.
+
+    Limitations: anything else the loop waits for counts as idle, so virtual time jumps past a
+    real `anyio.sleep`, a socket, a subprocess or a thread of your own (give stages under test
+    this clock rather than real delays). On asyncio, a test's own `wait_all_tasks_blocked()`
+    that looks while the driver is in its warm-up rounds waits 0.1 s more, and two `FakeClock`s
+    with work on one loop see each other's driver as busy, costing up to 0.1 s per jump; the
+    virtual timings stay exact. A worker thread that waits for something only virtual time can
+    bring (a sleep on this clock) deadlocks, as time never moves while it runs. Deadline scopes
+    are instances of a subclass of anyio's backend cancel scope (asyncio's or trio's) whose
+    `__enter__` and `__exit__` arm and drop the deadline.
     """
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
-        self._timers: list[tuple[float, int, anyio.CancelScope]] = []
+        self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
+        self._live = 0
+        self._dead = 0
+        self._driver: anyio.lowlevel.EventLoopToken | None = None
+        self._error: BaseException | None = None
         self.sleeps: list[float] = []
         """Every duration passed to `sleep`, in call order (retry backoff waits, in seconds)."""
 
@@ -34,25 +154,139 @@ class FakeClock:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        """Record `seconds`, move virtual time forward by it, and yield once."""
+        """Record `seconds`, then wait until virtual time reaches now + `seconds`."""
         self.sleeps.append(seconds)
-        self._move_to(self._now + max(seconds, 0.0))
-        await anyio.lowlevel.checkpoint()
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        event = anyio.Event()
+        timer = self._register(_Timer(self._now + seconds, event, None))
+        try:
+            await event.wait()
+        finally:
+            self._retire(timer)
 
     def deadline_scope(self, seconds: float) -> anyio.CancelScope:
-        """A cancel scope cancelled once virtual time reaches now + `seconds`."""
-        scope = anyio.CancelScope()
-        heapq.heappush(self._timers, (self._now + seconds, next(self._seq), scope))
+        """A cancel scope cancelled once virtual time reaches now + `seconds`.
+
+        The deadline counts from this call; it is armed when the scope is entered (at once
+        cancelled if it has already passed) and dropped when the scope is left.
+        """
+        scope: Any = _deadline_scope_type(type(anyio.CancelScope()))()
+        scope._fake_clock_timer = (self, _Timer(self._now + seconds, None, scope))
         if seconds <= 0:
-            self._move_to(self._now)
-        return scope
+            scope.cancel()
+        return scope  # type: ignore[no-any-return]
 
     async def advance(self, seconds: float) -> None:
-        """Move virtual time forward by `seconds`, firing due deadlines, and yield once."""
-        self._move_to(self._now + max(seconds, 0.0))
+        """Move virtual time forward by `seconds`, firing what falls due on the way; yield once."""
+        self._fire_until(self._now + max(seconds, 0.0))
         await anyio.lowlevel.checkpoint()
 
-    def _move_to(self, when: float) -> None:
+    # -- timers ----------------------------------------------------------------------------------
+    def _register(self, timer: _Timer) -> _Timer:
+        if self._error is not None:
+            raise RuntimeError("the FakeClock driver failed") from self._error
+        heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
+        timer.live = True
+        self._live += 1
+        self._start_driver()
+        return timer
+
+    def _arm(self, timer: _Timer) -> None:
+        """Arm an entered scope's deadline, or cancel the scope if the deadline has passed."""
+        if timer.scope is None or timer.scope.cancel_called:
+            timer.live = False
+        elif timer.when <= self._now:
+            timer.live = False
+            timer.scope.cancel()
+        else:
+            self._register(timer)
+
+    def _retire(self, timer: _Timer) -> None:
+        if not timer.live:
+            return
+        timer.live = False
+        self._live -= 1
+        self._dead += 1
+        if self._dead > _COMPACT_AT and self._dead > self._live:
+            self._heap = [entry for entry in self._heap if entry[2].live]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _next_due(self) -> float | None:
+        heap = self._heap
+        while heap and not heap[0][2].live:
+            heapq.heappop(heap)
+            self._dead -= 1
+        return heap[0][0] if heap else None
+
+    def _fire_until(self, when: float) -> None:
+        """Fire every live timer due by `when`, earliest first; time ends at `when`."""
+        while (due := self._next_due()) is not None and due <= when:
+            self._now = max(self._now, due)
+            timer = heapq.heappop(self._heap)[2]
+            timer.live = False
+            self._live -= 1
+            timer.fire()
         self._now = max(self._now, when)
-        while self._timers and self._timers[0][0] <= self._now:
-            heapq.heappop(self._timers)[2].cancel()
+
+    # -- autojump --------------------------------------------------------------------------------
+    def _start_driver(self) -> None:
+        token = anyio.lowlevel.current_token()
+        if self._driver == token:
+            return
+        self._driver = token
+        thread = threading.Thread(
+            target=self._inject, args=(token,), name="FakeClock autojump", daemon=True
+        )
+        thread.start()
+
+    def _inject(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        """Helper thread: run `_drive` as a task of the loop; return when it ends."""
+        # The driver ends by itself; anything raised here means the loop ended or cancelled it.
+        with contextlib.suppress(BaseException):
+            anyio.from_thread.run(self._drive, token, token=token)
+
+    async def _drive(self, token: anyio.lowlevel.EventLoopToken) -> None:
+        """Jump to the next wake-up each time the loop is idle; end when idle with none left."""
+        try:
+            while True:
+                if not await self._idle():
+                    continue
+                due = self._next_due()
+                if due is None:
+                    return
+                self._fire_until(due)
+        except anyio.get_cancelled_exc_class():
+            return  # the loop is shutting down: end quietly, nothing is left to drive
+        except Exception as exc:  # pragma: no cover  # a bug here must not pass silently
+            self._error = exc
+            raise
+        finally:
+            if self._driver == token:
+                self._driver = None
+
+    async def _idle(self) -> bool:
+        for _ in range(_SPIN_ROUNDS):
+            await anyio.lowlevel.checkpoint()
+        await anyio.wait_all_tasks_blocked()
+        workers = anyio.to_thread.current_default_thread_limiter()
+        if not workers.borrowed_tokens:
+            return True
+        # A worker thread is running. Wait for it from a thread of our own, so that this task
+        # looks blocked meanwhile: a periodic `anyio.sleep` would make it look runnable to a
+        # test's own `anyio.wait_all_tasks_blocked()` and hold that up, 0.1 s at a time.
+        stop = threading.Event()
+
+        def wait_for_workers() -> None:
+            while workers.borrowed_tokens and not stop.wait(_THREAD_POLL_S):
+                pass
+
+        try:
+            await anyio.to_thread.run_sync(
+                wait_for_workers, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+            )
+        finally:
+            stop.set()
+        return False  # the task the thread ran for resumes now: look again once it has settled

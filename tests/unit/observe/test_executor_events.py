@@ -682,8 +682,8 @@ async def test_opentelemetry_observer_through_the_executor() -> None:
 def barrier_pipeline(clock: FakeClock) -> PipelineDefinition:
     """a -> quick -> d and a -> slow (3 s): d's input is done at 0 s, its wave opens at 3 s.
 
-    (A `FakeClock` has one timeline, so stages that overlap add up their virtual time: only
-    `slow` takes any here, which keeps every number exact.)
+    (`Work` advances the `FakeClock` itself, so stages that overlap would add up their virtual
+    time: only `slow` takes any here, which keeps every number exact.)
     """
     return PipelineDefinition(
         "barrier",
@@ -732,7 +732,7 @@ async def test_critical_path_of_the_finished_run() -> None:
         [
             StageDefinition("a", Work(clock, 1.0)),
             StageDefinition("b", Work(clock, 2.0), inputs=["a"]),
-            StageDefinition("c", Echo(), inputs=["a"]),  # overlapping stages add up on a FakeClock
+            StageDefinition("c", Echo(), inputs=["a"]),  # `Work.advance`s would add up: none in c
             StageDefinition("d", Work(clock, 0.25), inputs=["b", "c"]),
         ],
     )

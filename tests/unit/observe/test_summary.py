@@ -213,7 +213,7 @@ async def test_summary_of_a_real_run_under_a_fake_clock() -> None:
             StageDefinition("c", Slow(0.001), inputs=["b"]),
         ],
     )
-    # A chain: FakeClock time is global, so concurrent sleeps would add up, not overlap.
+    # A chain, so every stage is on the critical path and the total is the sum of the sleeps.
     result = await PipelineExecutor(clock=clock).execute(definition, 1)
     path, total = critical_path(definition, result)
     assert path == ["a", "b", "c"]
