@@ -6,8 +6,7 @@ Scenarios run on asyncio and trio.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -24,51 +23,7 @@ from pipeline import (
     StageResult,
     StageStatus,
 )
-
-Body = Callable[[Any, PipelineContext[Any]], Awaitable[StageResult[Any]]]
-Backend = Literal["asyncio", "trio"]
-BACKENDS: list[Backend] = ["asyncio", "trio"]
-Scenario = Callable[[], Awaitable[None]]
-
-
-def on_both_backends(scenario: Scenario) -> Callable[[str], None]:
-    """Turn an async scenario into a sync test parametrised over the anyio backends."""
-
-    @pytest.mark.parametrize("backend", BACKENDS)
-    def test(backend: str) -> None:
-        anyio.run(scenario, backend=backend)
-
-    test.__doc__ = scenario.__doc__
-    return test
-
-
-class Fn:
-    """A stage running `body`, counting calls and recording inputs."""
-
-    def __init__(self, body: Body, name: str = "fn") -> None:
-        self.body = body
-        self.name = name
-        self.calls = 0
-        self.inputs: list[Any] = []
-
-    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        self.calls += 1
-        self.inputs.append(input)
-        return await self.body(input, context)
-
-
-def const(value: Any) -> Fn:
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(value)
-
-    return Fn(body)
-
-
-def echo() -> Fn:
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(input)
-
-    return Fn(body)
+from tests.unit._support import BACKENDS, Backend, Fn, const, echo, on_both_backends
 
 
 def blocker(started: anyio.Event, finished: list[str], name: str) -> Fn:

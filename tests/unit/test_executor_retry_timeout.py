@@ -5,8 +5,7 @@ All time is virtual: `FakeClock.sleeps` records every wait. Scenarios run on asy
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -22,51 +21,10 @@ from pipeline import (
     StageResult,
 )
 from pipeline.testing import FakeClock
+from tests.unit._support import BACKENDS, Backend, Fn, const, echo, on_both_backends
 
-Body = Callable[[Any, PipelineContext[Any]], Awaitable[StageResult[Any]]]
-Backend = Literal["asyncio", "trio"]
-BACKENDS: list[Backend] = ["asyncio", "trio"]
-Scenario = Callable[[], Awaitable[None]]
-
-
-def on_both_backends(scenario: Scenario) -> Callable[[str], None]:
-    """Turn an async scenario into a sync test parametrised over the anyio backends."""
-
-    @pytest.mark.parametrize("backend", BACKENDS)
-    def test(backend: str) -> None:
-        anyio.run(scenario, backend=backend)
-
-    test.__doc__ = scenario.__doc__
-    return test
-
-
-class Fn:
-    """A stage running `body`, counting calls and recording inputs."""
-
-    def __init__(self, body: Body, name: str = "fn") -> None:
-        self.body = body
-        self.name = name
-        self.calls = 0
-        self.inputs: list[Any] = []
-
-    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        self.calls += 1
-        self.inputs.append(input)
-        return await self.body(input, context)
-
-
-def const(value: Any) -> Fn:
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(value)
-
-    return Fn(body)
-
-
-def echo() -> Fn:
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(input)
-
-    return Fn(body)
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
 
 
 def flaky(failures: int, error: str = "boom", value: Any = "ok") -> Fn:
