@@ -3,6 +3,7 @@
 Re-exports only; every name here is documented where it is defined.
 """
 
+from pipeline._run import Scheduling
 from pipeline.clock import Clock, SystemClock
 from pipeline.context import CancelToken, PipelineContext
 from pipeline.definition import ExecutionPattern, PipelineDefinition, RetryConfig, StageDefinition
@@ -16,7 +17,7 @@ from pipeline.errors import (
     StageTimeoutError,
     ValidationIssue,
 )
-from pipeline.executor import PipelineExecutor, Scheduling
+from pipeline.executor import PipelineExecutor
 from pipeline.functions import FunctionStage, stage
 from pipeline.plan import ExecutionPlan
 from pipeline.protocol import PipelineStage

@@ -23,8 +23,8 @@ from pipeline.definition import PipelineDefinition
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pipeline._run import Scheduling
     from pipeline.events import Observer
-    from pipeline.executor import Scheduling
     from pipeline.result import PipelineResult
 
 EXIT_OK = 0

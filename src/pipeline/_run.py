@@ -1,0 +1,293 @@
+"""`RunState`: the mutable bookkeeping of one pipeline run, and the scheduling rules on it.
+
+Which stage may start (waves or eager), what a finished stage releases, fail-fast and
+"upstream failed" propagation, and the frozen `PipelineResult` it becomes. The task group, the
+stage tasks and the watchdogs live in `pipeline.executor`; one invocation in `pipeline._invoke`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from pipeline._invoke import Outcome
+from pipeline._model import fast_model, trusted_model
+from pipeline.cache._step import StageCache
+from pipeline.result import AttemptRun, PipelineResult, StageResult, StageRun, StageStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskGroup
+
+    from pipeline._reporter import RunReporter
+    from pipeline.cache._serialize import Serializer
+    from pipeline.cache._step import CacheTally
+    from pipeline.cache._store import CacheStore
+    from pipeline.clock import Clock
+    from pipeline.context import PipelineContext
+    from pipeline.definition import PipelineDefinition, StageDefinition
+    from pipeline.plan import ExecutionPlan
+
+Scheduling = Literal["waves", "eager"]
+"""`waves`: wave k starts when wave k-1 is done. `eager`: a stage starts when its inputs are."""
+
+StopKind = Literal["fail_fast", "cancelled", "timeout"]
+
+NOT_STARTED = "not started"
+UPSTREAM_FAILED = "upstream failed"
+
+
+@dataclass(slots=True, eq=False)
+class RunState:
+    """Mutable bookkeeping of one run; it leaves only as a frozen `PipelineResult`."""
+
+    definition: PipelineDefinition
+    plan: ExecutionPlan
+    context: PipelineContext[Any]
+    clock: Clock
+    eager: bool
+    initial_input: Any
+    started: float
+    tg: TaskGroup
+    task: Callable[[RunState, str], Any]
+    reporter: RunReporter | None = None
+    store: CacheStore | None = None
+    serializer: Serializer | None = None
+    cache_tally: CacheTally | None = None
+    stages: dict[str, StageDefinition] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    wave_left: list[int] = field(default_factory=list)
+    held: list[list[str]] = field(default_factory=list)
+    current_wave: int = 0
+    ready: deque[str] = field(default_factory=deque)
+    ready_at: dict[str, float] = field(default_factory=dict)
+    in_flight: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+    results: dict[str, StageResult[Any]] = field(default_factory=dict)
+    records: dict[str, StageRun] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    caches: dict[str, StageCache] = field(default_factory=dict)
+    critical_failure: bool = False
+    stop_kind: StopKind | None = None
+    stop_reason: str | None = None
+    idle: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        plan = self.plan
+        self.stages = {s.id: s for s in self.definition.stages}
+        self.pending = {sid: len(set(plan.predecessors[sid])) for sid in plan.order}
+        self.wave_left = [len(w) for w in plan.waves]
+        self.held = [[] for _ in plan.waves]
+        self.ready.extend(plan.waves[0])
+        self.ready_at = dict.fromkeys(plan.waves[0], self.started)
+
+    # -- stopping ------------------------------------------------------------------------------
+    def stop(self, kind: StopKind, reason: str) -> None:
+        """Start nothing new and cancel every stage in flight (first stop wins)."""
+        if self.stop_kind is not None:
+            return
+        self.stop_kind, self.stop_reason = kind, reason
+        for scope in self.in_flight.values():
+            scope.cancel()
+
+    # -- launching -----------------------------------------------------------------------------
+    def launch_ready(self, *, keep_scope: anyio.CancelScope | None = None) -> str | None:
+        """Start the ready stages in new tasks.
+
+        With `keep_scope` (the calling stage task's scope), one ready stage is returned for the
+        caller to run itself under that scope instead of in a new task.
+        """
+        ctx = self.context
+        if self.stop_kind is None and ctx.is_cancelled():
+            self.stop("cancelled", ctx.cancel_reason or "cancelled")
+        kept = None
+        while self.ready and self.stop_kind is None:
+            sid = self.ready.popleft()
+            if sid in self.blocked:
+                skipped = StageResult.skipped(UPSTREAM_FAILED, stage_name=sid)
+                self.finish(sid, Outcome(skipped, attempts=0), None, None)
+                continue
+            if self.store is not None and self.stages[sid].cache:
+                assert self.serializer is not None
+                assert self.cache_tally is not None
+                self.caches[sid] = StageCache(
+                    self.stages[sid], self.store, self.serializer, self.cache_tally
+                )
+            if keep_scope is not None and kept is None:
+                kept = sid
+                self.in_flight[sid] = keep_scope
+            else:
+                self.in_flight[sid] = anyio.CancelScope()
+                self.tg.start_soon(self.task, self, sid)
+        return kept
+
+    def input_of(self, sdef: StageDefinition) -> Any:
+        """No inputs: the initial input; one: its output; several: `{id: output}`."""
+        deps = sdef.inputs
+        if not deps:
+            return self.initial_input
+        if len(deps) == 1:
+            return self.outputs.get(deps[0])
+        return {d: self.outputs.get(d) for d in deps}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def finish(self, sid: str, outcome: Outcome, t0: float | None, t1: float | None) -> None:
+        """Record a finished stage and release the stages it unblocks."""
+        result = outcome.result
+        self.results[sid] = result
+        record = self._record(sid, outcome, t0, t1)
+        self.records[sid] = record
+        if self.reporter is not None:
+            self.reporter.stage_finished(record)
+        status = result.status
+        if status is StageStatus.SUCCEEDED:
+            self.outputs[sid] = result.output
+        elif status is StageStatus.FAILED and self.stages[sid].critical:
+            self.critical_failure = True
+            if self.definition.fail_fast:
+                self.stop("fail_fast", f"stage {sid!r} failed (fail_fast)")
+            else:
+                self.blocked.update(self.plan.downstream(sid))
+        self._release(sid)
+
+    def _record(self, sid: str, outcome: Outcome, t0: float | None, t1: float | None) -> StageRun:
+        result = outcome.result
+        base = self.started
+        cache = self.caches.pop(sid, None) if self.caches else None
+        started_ms = None if t0 is None else (t0 - base) * 1000
+        duration_ms = 0.0 if t0 is None or t1 is None else (t1 - t0) * 1000
+        attempt_runs: tuple[AttemptRun, ...] = ()
+        if outcome.attempt_log is not None:
+            attempt_runs = tuple(
+                fast_model(
+                    AttemptRun,
+                    {
+                        "attempt": n,
+                        "backoff_ms": backoff * 1000,
+                        "started_ms": (a0 - base) * 1000,
+                        "duration_ms": (a1 - a0) * 1000,
+                        "error": error,
+                    },
+                )
+                for n, backoff, a0, a1, error in outcome.attempt_log
+            )
+        elif outcome.attempts == 1 and outcome.items is None and started_ms is not None:
+            # The cheap path made exactly one attempt spanning the stage's own run.
+            attempt_runs = (
+                fast_model(
+                    AttemptRun,
+                    {
+                        "attempt": 1,
+                        "backoff_ms": 0.0,
+                        "started_ms": started_ms,
+                        "duration_ms": duration_ms,
+                        "error": None if result.success else result.error,
+                    },
+                ),
+            )
+        ready_at = self.ready_at.get(sid)
+        return trusted_model(
+            StageRun,
+            stage_id=sid,
+            status=result.status,
+            attempts=outcome.attempts,
+            cached=outcome.cached,
+            cached_items=None if cache is None or not cache.item_level else cache.hits,
+            cache_warnings=() if cache is None else tuple(cache.warnings),
+            cache_errors=() if cache is None else tuple(cache.errors),
+            started_ms=started_ms,
+            finished_ms=None if t1 is None else (t1 - base) * 1000,
+            duration_ms=duration_ms,
+            queue_wait_ms=None if t0 is None or ready_at is None else (t0 - ready_at) * 1000,
+            attempt_runs=attempt_runs,
+            items=outcome.items,
+            error=result.error,
+            exception_type=outcome.exception_type,
+            traceback=outcome.formatted_traceback(),
+        )
+
+    def _release(self, sid: str) -> None:
+        plan = self.plan
+        now: float | None = None
+        for succ in plan.successors[sid]:
+            self.pending[succ] -= 1
+            if self.pending[succ] == 0:
+                if now is None:
+                    now = self.clock.now()
+                self.ready_at[succ] = now
+                wave = plan.wave_of[succ]
+                if self.eager or wave <= self.current_wave:
+                    self.ready.append(succ)
+                else:
+                    self.held[wave].append(succ)
+        self.wave_left[plan.wave_of[sid]] -= 1
+        while (
+            not self.eager
+            and self.current_wave + 1 < len(self.wave_left)
+            and self.wave_left[self.current_wave] == 0
+        ):
+            self.current_wave += 1
+            self.ready.extend(self.held[self.current_wave])
+            self.held[self.current_wave].clear()
+            if self.reporter is not None and self.stop_kind is None:
+                self.reporter.wave_started(self.current_wave, plan.waves[self.current_wave])
+
+    def abandon(self, reason: str) -> None:
+        """End every stage still in flight or unstarted as cancelled (the run is torn down)."""
+        if self.stop_kind is None:
+            self.stop_kind, self.stop_reason = "cancelled", reason
+        now = self.clock.now()
+        for sid in list(self.in_flight):
+            if sid not in self.results:
+                cancelled = StageResult.cancelled(reason, stage_name=sid)
+                self.finish(sid, Outcome(cancelled, attempts=0), None, now)
+        self.in_flight.clear()
+        self.settle_unfinished()
+
+    def settle_unfinished(self) -> None:
+        """Stages that never ran end as cancelled ("not started")."""
+        for sid in self.plan.order:
+            if sid not in self.results:
+                result = StageResult.cancelled(NOT_STARTED, stage_name=sid)
+                self.results[sid] = result
+                record = trusted_model(
+                    StageRun, stage_id=sid, status=StageStatus.CANCELLED, error=result.error
+                )
+                self.records[sid] = record
+                if self.reporter is not None:
+                    self.reporter.stage_finished(record)
+
+    def build(self, scheduling: Scheduling) -> PipelineResult:
+        """The frozen result of this run."""
+        order = self.plan.order
+        by_status: dict[StageStatus, list[str]] = {s: [] for s in StageStatus}
+        for sid in order:
+            by_status[self.results[sid].status].append(sid)
+        metadata = self.context.metrics_snapshot()
+        error = None
+        if self.stop_kind == "cancelled":
+            metadata["cancellation"] = {"reason": self.stop_reason}
+            error = f"cancelled: {self.stop_reason}"
+        elif self.stop_kind == "timeout":
+            error = self.stop_reason
+        return PipelineResult.model_construct(
+            pipeline_name=self.definition.name,
+            success=not self.critical_failure and self.stop_kind is None,
+            outputs={sid: self.outputs[sid] for sid in order if sid in self.outputs},
+            stage_results={sid: self.results[sid] for sid in order},
+            failed_stages=by_status[StageStatus.FAILED],
+            skipped_stages=by_status[StageStatus.SKIPPED],
+            cancelled_stages=by_status[StageStatus.CANCELLED],
+            total_duration_ms=(self.clock.now() - self.started) * 1000,
+            metadata=metadata,
+            stage_runs={sid: self.records[sid] for sid in order},
+            error=error,
+            scheduling=scheduling,
+            cache_stats=None if self.cache_tally is None else self.cache_tally.snapshot(),
+            run_id=None if self.reporter is None else self.reporter.run_id,
+            plan=self.plan,
+        )
