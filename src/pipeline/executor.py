@@ -246,7 +246,7 @@ class PipelineExecutor:
                 next_sid = run.launch_ready(keep_scope=scope)
                 if next_sid is None:
                     break
-                sid, outcome, t0 = next_sid, None, t1
+                sid, outcome, t0 = next_sid, None, clock.now()
         if outcome is None:  # cancelled while `sid` ran
             del run.in_flight[sid]
             reason = run.stop_reason or "cancelled"

@@ -369,3 +369,16 @@ async def test_plain_async_test_on_asyncio() -> None:
     pipeline = PipelineDefinition("p", [StageDefinition("a", const([1, 2]))])
     result = await PipelineExecutor().execute(pipeline)
     assert result.outputs == {"a": [1, 2]}
+
+
+@on_both_backends
+async def test_queue_wait_is_never_negative_for_stages_run_back_to_back() -> None:
+    """A stage run by the task that just finished its input still waited >= 0 ms (real clock)."""
+    stages = [StageDefinition("s0", echo())]
+    stages += [StageDefinition(f"s{i}", echo(), inputs=[f"s{i - 1}"]) for i in range(1, 20)]
+    for scheduling in ("waves", "eager"):
+        result = await PipelineExecutor(scheduling=scheduling).execute(
+            PipelineDefinition("chain", stages), 1
+        )
+        waits = [run.queue_wait_ms for run in result.stage_runs.values()]
+        assert all(wait is not None and wait >= 0 for wait in waits), waits
