@@ -60,9 +60,10 @@ class _SuccessField:
     def __get__(self, obj: object, owner: type[Any]) -> Any:
         if obj is not None:  # pragma: no cover - the instance __dict__ shadows this
             return obj.__dict__["success"]
-        if "__pydantic_fields__" not in owner.__dict__:
+        if "__pydantic_fields__" not in owner.__dict__ and "model_fields" not in owner.__dict__:
             # pydantic is building a parametrised subclass (StageResult[int]) and asks for the
-            # field's default: there is none, so the constructor must not become one.
+            # field's default: there is none, so the constructor must not become one. (The
+            # fields land in `__pydantic_fields__` from pydantic 2.10, in `model_fields` before.)
             raise AttributeError("success")
 
         def success(

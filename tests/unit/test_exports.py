@@ -59,6 +59,7 @@ def _defined_in(module: types.ModuleType) -> dict[str, object]:
         name: obj
         for name, obj in vars(module).items()
         if not name.startswith("_")
+        and "[" not in name  # parametrised generics (StageResult[int]) that pydantic caches here
         and (inspect.isclass(obj) or inspect.isfunction(obj))
         and getattr(obj, "__module__", None) == module.__name__
     }
