@@ -77,18 +77,20 @@ def critical_path(
     """The chain of dependent stages with the largest total run time, and that total in ms.
 
     Computed from the run records: each stage weighs its `duration_ms` (0 if it never ran).
-    Ties go to the chain that comes first in plan order. `([], 0.0)` for a run without records.
+    Among chains of equal time the one with more stages wins (so instant stages at the end of
+    a chain stay on it), then the first in plan order. `([], 0.0)` for a run without records.
     """
     preds = _predecessors(graph) or {}
     runs = result.stage_runs
-    best: dict[str, float] = {}
+    best: dict[str, tuple[float, int]] = {}  # (total ms, stages) of the best chain ending here
     parent: dict[str, str | None] = {}
     for sid, record in runs.items():  # plan order is a topological order
         via: str | None = None
         for dep in preds.get(sid, ()):
             if dep in best and (via is None or best[dep] > best[via]):
                 via = dep
-        best[sid] = record.duration_ms + (best[via] if via is not None else 0.0)
+        total, stages = best[via] if via is not None else (0.0, 0)
+        best[sid] = (total + record.duration_ms, stages + 1)
         parent[sid] = via
     if not best:
         return [], 0.0
@@ -99,7 +101,7 @@ def critical_path(
         path.append(node)
         node = parent[node]
     path.reverse()
-    return path, best[end]
+    return path, best[end][0]
 
 
 def format_ms(ms: float | None) -> str:

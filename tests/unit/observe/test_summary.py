@@ -114,6 +114,15 @@ def test_critical_path_is_the_heaviest_chain() -> None:
     assert critical_path(diamond(), diamond_result()) == (["a", "b", "d"], 43.0)
 
 
+def test_critical_path_keeps_instant_stages_at_the_end_of_the_chain() -> None:
+    instant_join = diamond_result(
+        stage_runs=dict(
+            [run("a", 0.0, 10.0), run("b", 10.0, 40.0), run("c", 10.0, 15.0), run("d", 40.0, 40.0)]
+        )
+    )
+    assert critical_path(diamond(), instant_join) == (["a", "b", "d"], 40.0)
+
+
 def test_critical_path_of_a_run_without_records() -> None:
     assert critical_path(diamond(), diamond_result(stage_runs={})) == ([], 0.0)
 
