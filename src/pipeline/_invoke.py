@@ -97,6 +97,28 @@ async def attempt_once(
     return Outcome(returned, attempt)
 
 
+async def reported_attempt(
+    sdef: StageDefinition,
+    value: Any,
+    context: PipelineContext[Any],
+    clock: Clock,
+    attempt: int,
+    item: int | None,
+    reporter: RunReporter,
+) -> Outcome:
+    """`attempt_once` between its `AttemptStarted` and (on failure) `AttemptFailed` events."""
+    reporter.attempt_started(sdef.id, item, attempt)
+    outcome = await attempt_once(sdef, value, context, clock, attempt, item)
+    result = outcome.result
+    if not result.success:
+        config = sdef.retry_config
+        will_retry = config is not None and config.retries_after(
+            attempt, result.error, outcome.exception_type
+        )
+        reporter.attempt_failed(sdef.id, item, attempt, outcome, will_retry=will_retry)
+    return outcome
+
+
 CACHE_WRITE_GRACE_S: Final = 10.0
 """How long a shielded cache write may outlive the cancellation of its stage."""
 
@@ -146,21 +168,14 @@ async def invoke_once(
 
     async def attempt(n: int) -> Outcome:
         nonlocal backoff
-        if reporter is not None:
-            reporter.attempt_started(sid, item, n)
         t0 = clock.now()
-        outcome = await attempt_once(sdef, value, context, clock, n, item)
-        failed = not outcome.result.success
-        error = outcome.result.error if failed else None
+        if reporter is None:
+            outcome = await attempt_once(sdef, value, context, clock, n, item)
+        else:
+            outcome = await reported_attempt(sdef, value, context, clock, n, item, reporter)
         if log is not None:
+            error = None if outcome.result.success else outcome.result.error
             log.append((n, backoff, t0, clock.now(), error))
-        if reporter is not None and failed:
-            will_retry = (
-                config is not None
-                and n < config.max_attempts
-                and config.is_retryable(error, outcome.exception_type)
-            )
-            reporter.attempt_failed(sid, item, n, outcome, will_retry=will_retry)
         return outcome
 
     def on_retry(next_attempt: int, delay_s: float) -> None:
@@ -272,9 +287,5 @@ async def invoke_stage(
         # and end times are this attempt's.
         if reporter is None:
             return await attempt_once(sdef, value, context, clock, 1)
-        reporter.attempt_started(sid, None, 1)
-        outcome = await attempt_once(sdef, value, context, clock, 1)
-        if not outcome.result.success:
-            reporter.attempt_failed(sid, None, 1, outcome, will_retry=False)
-        return outcome
+        return await reported_attempt(sdef, value, context, clock, 1, None, reporter)
     return await invoke_once(sdef, value, context, clock, None, cache, reporter)

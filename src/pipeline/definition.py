@@ -93,6 +93,12 @@ class RetryConfig:
         raw = self.initial_delay_ms * self.backoff_multiplier ** (retry_number - 1)
         return min(raw, self.max_delay_ms)
 
+    def retries_after(
+        self, attempt: int, error: str | None, exception_type: str | None = None
+    ) -> bool:
+        """Whether attempt number `attempt`, having failed this way, is followed by another."""
+        return attempt < self.max_attempts and self.is_retryable(error, exception_type)
+
     def is_retryable(self, error: str | None, exception_type: str | None = None) -> bool:
         """Whether a failure with this error text / exception class name may be retried."""
         if not self.retryable_errors:
