@@ -7,14 +7,17 @@ bookkeeping live in `pipeline.executor`, retry policy mechanics in `pipeline._re
 from __future__ import annotations
 
 import inspect
+import sys
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.lowlevel
 
 from pipeline._model import copy_with
 from pipeline._retry import with_retry
+from pipeline._text import exception_text
 from pipeline.definition import ExecutionPattern
 from pipeline.errors import StageOutputError, StageTimeoutError
 from pipeline.result import UNKNOWN_STAGE, StageResult, StageStatus
@@ -58,8 +61,33 @@ class Outcome:
 
 
 def _failed(sid: str, exc: BaseException, attempt: int, message: str | None = None) -> Outcome:
-    text = message or f"{type(exc).__name__}: {exc}"
+    text = message or exception_text(exc)
     return Outcome(StageResult.failure(text, stage_name=sid), attempt, exc)
+
+
+async def is_stray_cancel(exc: BaseException) -> bool:
+    """Whether a cancellation exception came from somewhere other than a cancel scope or caller.
+
+    A stage that awaits a future someone else cancelled sees a `CancelledError` although
+    nothing cancelled the stage. Real cancellation is still pending after the exception is
+    caught: an enclosing anyio cancel scope that was cancelled makes the checkpoint below raise
+    again, and on asyncio a `Task.cancel()` (the caller's, or anyio's own delivery) leaves
+    `Task.cancelling()` above zero. Only when neither holds is the exception stray, and then it
+    is the stage's failure like any other exception.
+    """
+    asyncio = sys.modules.get("asyncio")  # loaded whenever an asyncio loop runs
+    if asyncio is not None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no asyncio loop in this thread: trio
+            task = None
+        if task is not None and task.cancelling():
+            return False
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except anyio.get_cancelled_exc_class():
+        return False
+    return isinstance(exc, anyio.get_cancelled_exc_class())
 
 
 async def attempt_once(
@@ -80,12 +108,20 @@ async def attempt_once(
             returned = await sdef.stage.execute(value, context)
         else:
             returned = None
-            with clock.deadline_scope(sdef.timeout_ms / 1000) as scope:
+            limit_s = sdef.timeout_ms / 1000
+            t0 = clock.now()
+            with clock.deadline_scope(limit_s) as scope:
                 returned = await sdef.stage.execute(value, context)
-            if scope.cancelled_caught:
+            # A stage that overran without reaching a checkpoint was never interrupted: its
+            # late result is a timeout all the same (and so never cached).
+            if scope.cancelled_caught or clock.now() - t0 > limit_s:
                 exc = StageTimeoutError(sid, attempt, sdef.timeout_ms, item)
                 return _failed(sid, exc, attempt, str(exc))
     except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
+        return _failed(sid, exc, attempt)
+    except anyio.get_cancelled_exc_class() as exc:
+        if not await is_stray_cancel(exc):
+            raise
         return _failed(sid, exc, attempt)
     if not isinstance(returned, StageResult):
         out_exc = StageOutputError(sid, attempt, returned)
@@ -112,8 +148,10 @@ async def reported_attempt(
     result = outcome.result
     if not result.success:
         config = sdef.retry_config
-        will_retry = config is not None and config.retries_after(
-            attempt, result.error, outcome.exception_type
+        will_retry = (
+            config is not None
+            and result.status is StageStatus.FAILED
+            and config.retries_after(attempt, result.error, outcome.exception_type)
         )
         reporter.attempt_failed(sdef.id, item, attempt, outcome, will_retry=will_retry)
     return outcome
@@ -275,7 +313,12 @@ async def invoke_stage(
         try:
             run = await condition_holds(sdef, context)
         except Exception as exc:  # noqa: BLE001  # a raising condition fails its stage, by contract
-            message = f"condition of stage {sid!r} raised {type(exc).__name__}: {exc}"
+            message = f"condition of stage {sid!r} raised {exception_text(exc)}"
+            return _failed(sid, exc, 0, message)
+        except anyio.get_cancelled_exc_class() as exc:
+            if not await is_stray_cancel(exc):
+                raise
+            message = f"condition of stage {sid!r} raised {exception_text(exc)}"
             return _failed(sid, exc, 0, message)
         if not run:
             skipped = StageResult.skipped("condition returned False", stage_name=sid)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pipeline.result import StageStatus
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -48,7 +50,10 @@ async def with_retry(
 
     def should_retry(outcome: Outcome) -> bool:
         result = outcome.result
-        return not result.success and config.is_retryable(result.error, outcome.exception_type)
+        # A stage that *returned* cancelled said it should not go on: that is not retried.
+        return result.status is StageStatus.FAILED and config.is_retryable(
+            result.error, outcome.exception_type
+        )
 
     def give_up(state: RetryCallState) -> Any:
         assert state.outcome is not None  # tenacity sets it before stopping

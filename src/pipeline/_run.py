@@ -16,6 +16,7 @@ import anyio
 from pipeline._invoke import Outcome
 from pipeline._model import fast_model, trusted_model
 from pipeline.cache._step import StageCache
+from pipeline.definition import ExecutionPattern
 from pipeline.result import AttemptRun, PipelineResult, StageResult, StageRun, StageStatus
 
 if TYPE_CHECKING:
@@ -111,11 +112,21 @@ class RunState:
                 skipped = StageResult.skipped(UPSTREAM_FAILED, stage_name=sid)
                 self.finish(sid, Outcome(skipped, attempts=0), None, None)
                 continue
-            if self.store is not None and self.stages[sid].cache:
+            sdef = self.stages[sid]
+            if sdef.pattern is ExecutionPattern.FAN_OUT and sdef.inputs:
+                source = self.results[sdef.inputs[0]]
+                if source.status is StageStatus.SKIPPED:
+                    # Nothing to map over: the fan-out is skipped like its input, not failed
+                    # on the None a skipped stage leaves for its dependents.
+                    reason = f"input stage {sdef.inputs[0]!r} was skipped"
+                    skipped = StageResult.skipped(reason, stage_name=sid)
+                    self.finish(sid, Outcome(skipped, attempts=0), None, None)
+                    continue
+            if self.store is not None and sdef.cache:
                 assert self.serializer is not None
                 assert self.cache_tally is not None
                 self.caches[sid] = StageCache(
-                    self.stages[sid], self.store, self.serializer, self.cache_tally
+                    sdef, self.store, self.serializer, self.cache_tally, self.definition.name
                 )
             if keep_scope is not None and kept is None:
                 kept = sid
@@ -146,7 +157,9 @@ class RunState:
         status = result.status
         if status is StageStatus.SUCCEEDED:
             self.outputs[sid] = result.output
-        elif status is StageStatus.FAILED and self.stages[sid].critical:
+        elif status is not StageStatus.SKIPPED and self.stages[sid].critical:
+            # Failed, or cancelled: a critical stage that *returns* cancelled ends the run as a
+            # failure would (stages the run itself cancelled arrive here after it stopped).
             self.critical_failure = True
             if self.definition.fail_fast:
                 self.stop("fail_fast", f"stage {sid!r} failed (fail_fast)")

@@ -5,10 +5,11 @@ Pure: it reads stage definitions and imports nothing that runs. Raising is the c
 
 from __future__ import annotations
 
+import difflib
 import graphlib
 import inspect
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pipeline.errors import ValidationIssue
 
@@ -18,26 +19,19 @@ if TYPE_CHECKING:
     from pipeline.definition import StageDefinition
 
 
+MAX_SUGGESTED: Final = 20
+"""Unknown inputs that get "did you mean" suggestions; later ones only say what is wrong.
+
+Finding close matches scans every stage id, so a systematic typo across a generated pipeline
+of thousands of stages would otherwise cost seconds and pages of text.
+"""
+
+
 def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
     """Every structural problem of `stages`, in a stable order."""
-    from pipeline.definition import ExecutionPattern, StageDefinition  # avoids an import cycle
+    from pipeline.definition import ExecutionPattern  # avoids an import cycle
 
     issues: list[ValidationIssue] = []
-    entries: Sequence[object] = stages  # callers without a type checker pass anything
-    issues.extend(
-        ValidationIssue(
-            code="invalid_stage",
-            stage_id=None,
-            message=(
-                f"pipeline entry {i} is a {type(entry).__name__}, not a StageDefinition; "
-                f'wrap it: StageDefinition("some_id", stage)'
-            ),
-        )
-        for i, entry in enumerate(entries)
-        if not isinstance(entry, StageDefinition)
-    )
-    if issues:
-        return tuple(issues)
     if not stages:
         issues.append(
             ValidationIssue(
@@ -53,25 +47,30 @@ def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, 
         ValidationIssue(
             code="duplicate_id",
             stage_id=sid,
-            message=f"duplicate stage id {sid!r} ({n} stages); stage ids must be unique",
+            message=f"Duplicate stage IDs: {sid!r} ({n} stages); stage ids must be unique",
         )
         for sid, n in counts.items()
         if n > 1
     )
     known = set(counts)
+    suggestions_left = MAX_SUGGESTED
     for s in stages:
-        issues.extend(
-            ValidationIssue(
-                code="unknown_input",
-                stage_id=s.id,
-                message=(
-                    f"stage {s.id!r} has unknown input {dep!r}; "
-                    f"inputs must name stages of this pipeline ({', '.join(sorted(known))})"
-                ),
+        for dep in s.inputs:
+            if dep in known:
+                continue
+            hint = "; inputs must name stages of this pipeline"
+            if suggestions_left > 0:
+                suggestions_left -= 1
+                close = difflib.get_close_matches(dep, known, n=3)
+                if close:
+                    hint = f"; did you mean {' or '.join(map(repr, close))}?"
+            issues.append(
+                ValidationIssue(
+                    code="unknown_input",
+                    stage_id=s.id,
+                    message=f"Stage {s.id!r} depends on unknown stage {dep!r}{hint}",
+                )
             )
-            for dep in s.inputs
-            if dep not in known
-        )
         if s.pattern is ExecutionPattern.FAN_OUT and len(s.inputs) > 1:
             issues.append(
                 ValidationIssue(
@@ -119,7 +118,10 @@ def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, 
             ValidationIssue(
                 code="cycle",
                 stage_id=cycle[0],
-                message=f"cycle between stages: {' -> '.join(cycle)}; remove one of these inputs",
+                message=(
+                    f"Circular dependency detected: {' -> '.join(cycle)}; "
+                    "remove one of these inputs"
+                ),
                 cycle=cycle,
             )
         )

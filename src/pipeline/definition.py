@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeGuard, final
 
 from pipeline._validation import collect_issues
 from pipeline.errors import DefinitionError, PipelineValidationError
@@ -45,6 +45,30 @@ def _require(ok: bool, owner: str, name: str, problem: str, fix: str) -> None:
         raise DefinitionError(owner, name, problem, fix)
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (`True` is an int to Python, never a count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """An int or float that is not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_bool(owner: str, name: str, value: object) -> None:
+    _require(
+        isinstance(value, bool), owner, name, f"is {value!r} ({type(value).__name__})",
+        "use True or False (any str, even 'false', would count as true)",
+    )  # fmt: skip
+
+
+def _check_text(owner: str, name: str, value: object) -> None:
+    _require(
+        value is None or isinstance(value, str),
+        owner, name, f"is {value!r} ({type(value).__name__})", "use a str or None",
+    )  # fmt: skip
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
@@ -65,33 +89,52 @@ class RetryConfig:
 
     def __post_init__(self) -> None:
         own = "RetryConfig"
-        attempts: object = self.max_attempts  # runtime check for callers without a type checker
         _require(
-            isinstance(attempts, int) and self.max_attempts >= 1,
+            _is_int(self.max_attempts) and self.max_attempts >= 1,
             own, "max_attempts", f"is {self.max_attempts!r}", "use an int >= 1 (1 = no retry)",
         )  # fmt: skip
         for name in ("initial_delay_ms", "max_delay_ms"):
             value: object = getattr(self, name)
             _require(
-                isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+                _is_number(value) and math.isfinite(value) and value >= 0,
                 own, name, f"is {value!r}", "use a finite number of milliseconds >= 0",
             )  # fmt: skip
         multiplier: object = self.backoff_multiplier
         _require(
-            isinstance(multiplier, int | float) and multiplier >= 1,
-            own, "backoff_multiplier", f"is {self.backoff_multiplier!r}", "use a number >= 1",
+            _is_number(multiplier) and math.isfinite(multiplier) and multiplier >= 1,
+            own, "backoff_multiplier", f"is {self.backoff_multiplier!r}",
+            "use a finite number >= 1 (1 = a constant wait)",
         )  # fmt: skip
         if self.retryable_errors is not None:
+            errors: Any = self.retryable_errors
             _require(
-                not isinstance(self.retryable_errors, str),
-                own, "retryable_errors", "is a str", 'pass a list such as ["timeout"]',
+                not isinstance(errors, str | bytes) and isinstance(errors, Iterable),
+                own, "retryable_errors", f"is {errors!r}", 'pass a list of str such as ["timeout"]',
             )  # fmt: skip
-            object.__setattr__(self, "retryable_errors", tuple(self.retryable_errors))
+            entries: tuple[Any, ...] = tuple(errors)
+            for entry in entries:
+                _require(
+                    isinstance(entry, str) and bool(entry.strip()),
+                    own, "retryable_errors", f"contains {entry!r}",
+                    "use non-empty strings: an exception class name or a piece of the error text",
+                )  # fmt: skip
+            object.__setattr__(self, "retryable_errors", entries)
 
     def delay_ms(self, retry_number: int) -> float:
         """The wait before retry `retry_number` (1 = the first retry)."""
-        raw = self.initial_delay_ms * self.backoff_multiplier ** (retry_number - 1)
-        return min(raw, self.max_delay_ms)
+        cap = self.max_delay_ms
+        initial = self.initial_delay_ms
+        if initial >= cap or self.backoff_multiplier == 1:
+            return float(min(initial, cap))
+        # The cap applies before the power can overflow: past this many doublings (or whatever
+        # the multiplier is) the wait is the cap, so huge retry numbers never compute a power.
+        if initial == 0:
+            return 0.0
+        limit = math.log(cap / initial) / math.log(self.backoff_multiplier)
+        exponent = retry_number - 1
+        if exponent >= limit:
+            return float(cap)
+        return float(min(initial * self.backoff_multiplier**exponent, cap))
 
     def retries_after(
         self, attempt: int, error: str | None, exception_type: str | None = None
@@ -160,6 +203,12 @@ class StageDefinition:
             isinstance(sid, str) and bool(sid.strip()),
             own, "id", "is empty or not a str", "give every stage a unique non-empty string id",
         )  # fmt: skip
+        stage: object = self.stage
+        if isinstance(stage, type):
+            name = stage.__name__
+            raise DefinitionError(
+                own, "stage", f"is the class {name}, not an instance", f"pass {name}() instead"
+            )
         _require(
             not isinstance(self.inputs, str),
             own, "inputs", f"is the str {self.inputs!r}", f"use a list: inputs=[{self.inputs!r}]",
@@ -179,13 +228,7 @@ class StageDefinition:
         object.__setattr__(self, "pattern", ExecutionPattern(self.pattern))
         timeout: object = self.timeout_ms
         _require(
-            timeout is None
-            or (
-                isinstance(timeout, int | float)
-                and not isinstance(timeout, bool)
-                and math.isfinite(timeout)
-                and timeout > 0
-            ),
+            timeout is None or (_is_number(timeout) and math.isfinite(timeout) and timeout > 0),
             own, "timeout_ms", f"is {self.timeout_ms!r}", "use a positive number of ms or None",
         )  # fmt: skip
         retry: object = self.retry_config
@@ -196,12 +239,22 @@ class StageDefinition:
         )  # fmt: skip
         cap: object = self.max_concurrent_fan_out
         _require(
-            cap is None or (isinstance(cap, int) and cap >= 0),
+            cap is None or (_is_int(cap) and cap >= 0),
             own, "max_concurrent_fan_out", f"is {cap!r}", "use an int >= 1, or None/0 for no cap",
         )  # fmt: skip
         _require(
             self.condition is None or callable(self.condition),
-            own, "condition", "is not callable", "pass a function of the context returning bool",
+            own, "condition", f"is {self.condition!r}, not callable",
+            "pass a function of the context returning bool",
+        )  # fmt: skip
+        for flag in ("critical", "cache", "cache_code_fingerprint"):
+            _check_bool(own, flag, getattr(self, flag))
+        _check_text(own, "description", self.description)
+        version: object = self.cache_version
+        _require(
+            isinstance(version, str) or _is_int(version),
+            own, "cache_version", f"is {version!r} ({type(version).__name__})",
+            'use a str or an int, e.g. cache_version="2"',
         )  # fmt: skip
 
 
@@ -220,7 +273,29 @@ class PipelineDefinition:
     fail_fast: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stages", tuple(self.stages))
+        name: object = self.name
+        own = f"PipelineDefinition {name!r}"
+        _require(
+            isinstance(name, str) and bool(name.strip()),
+            own, "name", "is empty or not a str", 'give the pipeline a name, e.g. "ingest"',
+        )  # fmt: skip
+        stages: object = self.stages
+        _require(
+            isinstance(stages, Iterable) and not isinstance(stages, str | bytes | dict),
+            own, "stages", f"is {type(stages).__name__}",
+            "pass a list of StageDefinition(...) objects",
+        )  # fmt: skip
+        entries: tuple[object, ...] = tuple(self.stages)
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, StageDefinition):
+                what = type(entry).__name__
+                raise DefinitionError(
+                    own, f"stages[{i}]", f"is a {what}, not a StageDefinition",
+                    f'wrap it: StageDefinition("some_id", {what}...)',
+                )  # fmt: skip
+        object.__setattr__(self, "stages", entries)
+        _check_bool(own, "fail_fast", self.fail_fast)
+        _check_text(own, "description", self.description)
 
     @functools.cached_property
     def issues(self) -> tuple[ValidationIssue, ...]:

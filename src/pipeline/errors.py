@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from pipeline._model import FrozenModel
+from pipeline._text import format_ms
 
 if TYPE_CHECKING:
     from pipeline.result import PipelineResult
@@ -92,7 +93,9 @@ class StageTimeoutError(StageError):
         self.timeout_ms = timeout_ms
         self.item = item
         where = f"stage {stage_id!r}" if item is None else f"stage {stage_id!r} item {item}"
-        super().__init__(stage_id, attempt, f"Timeout: {where} exceeded timeout_ms={timeout_ms:g}")
+        super().__init__(
+            stage_id, attempt, f"Timeout: {where} exceeded timeout_ms={format_ms(timeout_ms)}"
+        )
 
 
 class StageOutputError(StageError):

@@ -21,9 +21,10 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from pipeline._dispatch import EventDispatcher, new_run_id
-from pipeline._invoke import Outcome, invoke_stage
+from pipeline._invoke import Outcome, invoke_stage, is_stray_cancel
 from pipeline._reporter import RunReporter
 from pipeline._run import RunState, Scheduling
+from pipeline._text import exception_text, format_ms
 from pipeline.cache._serialize import JsonSerializer
 from pipeline.cache._step import CacheTally
 from pipeline.clock import SystemClock, current_clock
@@ -208,8 +209,19 @@ class PipelineExecutor:
         *,
         backend: Literal["asyncio", "trio"] = "asyncio",
     ) -> PipelineResult:
-        """`execute` for scripts without an event loop (starts one with `anyio.run`)."""
-        return anyio.run(self.execute, pipeline, initial_input, context, backend=backend)
+        """`execute` for scripts without an event loop (starts one with `anyio.run`).
+
+        The result travels out through a holder rather than as the main coroutine's return
+        value: on Python 3.11/3.12 asyncio's runner formats the return value of its main task
+        on the way out, which for a run with large outputs costs seconds and doubles memory.
+        """
+        holder: list[PipelineResult] = []
+
+        async def main() -> None:
+            holder.append(await self.execute(pipeline, initial_input, context))
+
+        anyio.run(main, backend=backend)
+        return holder[0]
 
     # -- tasks -----------------------------------------------------------------------------------
     async def _stage_task(self, run: RunState, sid: str) -> None:
@@ -239,7 +251,16 @@ class PipelineExecutor:
                     if sdef.pattern is ExecutionPattern.FAN_OUT and isinstance(value, list | tuple):
                         items = len(value)
                     reporter.stage_started(sid, run.plan.wave_of[sid], items)
-                outcome = await invoke_stage(sdef, value, ctx, clock, cache, reporter)
+                try:
+                    outcome = await invoke_stage(sdef, value, ctx, clock, cache, reporter)
+                except anyio.get_cancelled_exc_class() as exc:
+                    # Stray cancellations inside the stage are its failure already; one from
+                    # elsewhere (a cache store, an observer) must not pass for a clean stop.
+                    if not await is_stray_cancel(exc):
+                        raise
+                    outcome = Outcome(
+                        StageResult.failure(exception_text(exc), stage_name=sid), 0, exc
+                    )
                 t1 = clock.now()
                 del run.in_flight[sid]
                 run.finish(sid, outcome, t0, t1)
@@ -259,8 +280,15 @@ class PipelineExecutor:
         # A deadline scope, not a sleep: a FakeClock fires it only when virtual time gets there.
         with deadline:
             await anyio.sleep_forever()
+        if not run.in_flight:
+            # Every stage had finished when the deadline fired (the host task has not yet
+            # woken to end the run): the timeout cut nothing short, so the run stands.
+            return
         name, timeout_ms = run.definition.name, self.timeout_ms
-        run.stop("timeout", f"Timeout: pipeline {name!r} exceeded timeout_ms={timeout_ms:g}")
+        assert timeout_ms is not None  # this task only runs with a deadline
+        run.stop(
+            "timeout", f"Timeout: pipeline {name!r} exceeded timeout_ms={format_ms(timeout_ms)}"
+        )
 
     async def _watch_token(self, run: RunState, token: CancelToken) -> None:
         """Stop the run once the context's cancel token is set.

@@ -45,7 +45,6 @@ class ExecutionPlan(FrozenModel):
 
 def build_plan(stages: Sequence[StageDefinition]) -> ExecutionPlan:
     """Build the plan of a *valid* list of stage definitions."""
-    position = {s.id: i for i, s in enumerate(stages)}
     predecessors = {s.id: tuple(s.inputs) for s in stages}
     successors: dict[str, list[str]] = {s.id: [] for s in stages}
     for s in stages:
@@ -55,10 +54,10 @@ def build_plan(stages: Sequence[StageDefinition]) -> ExecutionPlan:
     for sid in graphlib.TopologicalSorter(predecessors).static_order():
         wave_of[sid] = 1 + max((wave_of[d] for d in predecessors[sid]), default=-1)
     depth = 1 + max(wave_of.values(), default=-1)
-    waves = tuple(
-        tuple(sorted((sid for sid in wave_of if wave_of[sid] == k), key=position.__getitem__))
-        for k in range(depth)
-    )
+    buckets: list[list[str]] = [[] for _ in range(depth)]
+    for s in stages:  # definition order within each wave; O(stages), not O(stages * depth)
+        buckets[wave_of[s.id]].append(s.id)
+    waves = tuple(tuple(bucket) for bucket in buckets)
     return ExecutionPlan(
         order=tuple(sid for wave in waves for sid in wave),
         waves=waves,

@@ -32,3 +32,4 @@ class PipelineStage(Protocol[InT_contra, OutT]):
     ) -> StageResult[OutT]:
         """Run the stage once on `input`."""
         ...
+

@@ -275,7 +275,7 @@ def test_raise_for_failure_of_an_invalid_definition_names_the_problems() -> None
     res = PipelineExecutor().run_sync(bad)
     with pytest.raises(PipelineRunError) as info:
         res.raise_for_failure()
-    assert "unknown input 'ghost'" in str(info.value)
+    assert "Stage 'a' depends on unknown stage 'ghost'" in str(info.value)
 
 
 def test_pipeline_result_is_frozen() -> None:

@@ -6,14 +6,18 @@ Keys live in `pipeline.cache._key`; stores only ever see bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import pickle
 import typing
-from typing import Any, Final, Protocol, TypeVar, final
+from typing import Any, Final, Protocol, TypeGuard, TypeVar, final
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from pipeline.errors import PipelineError
+from pipeline.functions import FunctionStage
+from pipeline._wrapped import unwrap_stage
 from pipeline.protocol import PipelineStage
 from pipeline.result import StageResult
 
@@ -81,9 +85,17 @@ class JsonSerializer:
         except Exception as exc:  # pydantic raises several kinds here
             msg = f"{type(value).__name__} does not serialize as {_type_repr(output_type)} ({exc})"
             raise UncacheableOutputError(msg) from exc
-        if restored != value:
+        try:
+            same = same_value(restored, value)
+        except Exception as exc:  # a user's __eq__ may raise too
+            msg = f"{type(value).__name__} could not be compared after a round trip ({exc!r})"
+            raise UncacheableOutputError(msg) from exc
+        if not same:
             hint = " (declare output_type on the stage)" if output_type is Any else ""
-            msg = f"{type(value).__name__} does not restore equal from JSON{hint}"
+            msg = (
+                f"{_type_repr(type(value))} does not come back from JSON as an equal value "
+                f"of the same type{hint}"
+            )
             raise UncacheableOutputError(msg)
         return data
 
@@ -137,12 +149,16 @@ _annotated: dict[type[Any], Any] = {}
 def output_type_of(stage: object, declared: Any = None) -> Any:
     """The type cached values of `stage` restore to.
 
-    `declared` (the definition's `output_type`) wins; else the return annotation of
-    `execute` (`StageResult[Foo]` -> `Foo`); else a `PipelineStage[In, Out]` base's `Out`;
-    else `typing.Any` (plain JSON values).
+    In this order: `declared` (the definition's `output_type`); for a `@stage` function, its
+    return annotation (`-> T` or `-> StageResult[T]`); the return annotation of `execute`
+    (`StageResult[Foo]` -> `Foo`); a `PipelineStage[In, Out]` base's `Out`; else `typing.Any`
+    (plain JSON values). A wrapper that sets `__wrapped_stage__` resolves as the stage it wraps.
     """
     if declared is not None:
         return declared
+    stage = unwrap_stage(stage)
+    if isinstance(stage, FunctionStage):
+        return _function_output_type(stage.fn)  # per function: every one shares the class
     cls = type(stage)
     try:
         return _annotated[cls]
@@ -151,18 +167,69 @@ def output_type_of(stage: object, declared: Any = None) -> Any:
         return found
 
 
+def _function_output_type(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    try:
+        ret = typing.get_type_hints(target).get("return", Any)
+    except Exception:  # noqa: BLE001  # unresolvable annotations: plain JSON values
+        return Any
+    return _result_arg(ret) if _is_result_type(ret) else _concrete(ret)
+
+
+def _is_result_type(tp: Any) -> TypeGuard[type[StageResult[Any]]]:
+    return isinstance(tp, type) and issubclass(tp, StageResult)
+
+
+def _result_arg(tp: type[StageResult[Any]]) -> Any:
+    args = tp.__pydantic_generic_metadata__["args"]
+    return _concrete(args[0]) if args else Any
+
+
+def _concrete(tp: Any) -> Any:
+    return Any if tp is None or isinstance(tp, TypeVar) else tp
+
+
 def _annotation_of(cls: type[Any]) -> Any:
     try:
         ret = typing.get_type_hints(cls.execute).get("return")
     except Exception:  # noqa: BLE001  # unresolvable annotations: fall through to the bases
         ret = None
-    if isinstance(ret, type) and issubclass(ret, StageResult):
-        args = ret.__pydantic_generic_metadata__["args"]
-        if args and not isinstance(args[0], TypeVar):
-            return args[0]
+    if _is_result_type(ret):
+        found = _result_arg(ret)
+        if found is not Any:
+            return found
     for base in getattr(cls, "__orig_bases__", ()):
         if typing.get_origin(base) is PipelineStage:
             out = typing.get_args(base)[1]
             if not isinstance(out, TypeVar):
                 return out
     return Any
+
+
+def same_value(restored: Any, value: Any) -> bool:
+    """Equal *and* of the same type throughout: what a cache hit must give back.
+
+    `StrEnum.A == "a"`, `Counter() == {}` and `1 == 1.0`, but a stage that received the plain
+    value on a hit could behave differently from the run that stored it.
+    """
+    if type(restored) is not type(value):
+        return False
+    if isinstance(value, list | tuple):
+        return len(restored) == len(value) and all(map(same_value, restored, value))
+    if isinstance(value, dict):
+        return len(restored) == len(value) and all(
+            same_value(rk, vk) and same_value(rv, vv)
+            for (rk, rv), (vk, vv) in zip(restored.items(), value.items(), strict=True)
+        )
+    if isinstance(value, set | frozenset):
+        return {(type(x), x) for x in restored} == {(type(x), x) for x in value}
+    if isinstance(value, BaseModel):
+        return bool(restored == value) and same_value(dict(restored), dict(value))
+    if dataclasses.is_dataclass(value):
+        return bool(restored == value) and all(
+            same_value(getattr(restored, f.name), getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        )
+    return bool(restored == value)

@@ -11,8 +11,18 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from pipeline.cache._key import UnfingerprintableError, code_fingerprint, fingerprint, make_key
-from pipeline.cache._serialize import output_type_of, seal, unseal
+import anyio.to_thread
+
+from pipeline._text import exception_text
+from pipeline.cache._key import (
+    INLINE_FINGERPRINT_NODES,
+    OverBudgetError,
+    UnfingerprintableError,
+    code_fingerprint,
+    fingerprint,
+    make_key,
+)
+from pipeline.cache._serialize import UncacheableOutputError, output_type_of, seal, unseal
 from pipeline.definition import ExecutionPattern
 from pipeline.result import CacheStats
 
@@ -59,6 +69,7 @@ class StageCache:
         "hits",
         "item_level",
         "output_type",
+        "pipeline",
         "serializer",
         "stage_id",
         "store",
@@ -73,24 +84,27 @@ class StageCache:
         store: CacheStore,
         serializer: Serializer,
         tally: CacheTally,
+        pipeline: str = "",
     ) -> None:
         self.stage_id = sdef.id
+        self.pipeline = pipeline
         self.store = store
         self.serializer = serializer
         self.tally = tally
         self.version = sdef.cache_version
         self.item_level = sdef.pattern is ExecutionPattern.FAN_OUT
-        self.output_type = output_type_of(sdef.stage, sdef.output_type)
         self.hits = 0
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.code: str | None = None
         self._disabled: str | None = None
-        if sdef.cache_code_fingerprint:
-            try:
+        self.output_type: Any = Any
+        try:
+            self.output_type = output_type_of(sdef.stage, sdef.output_type)
+            if sdef.cache_code_fingerprint:
                 self.code = code_fingerprint(sdef.stage)
-            except UnfingerprintableError as exc:
-                self._disabled = f"not cached: {exc}"
+        except Exception as exc:  # noqa: BLE001  # a cache problem never fails a run
+            self._disabled = f"not cached: {exception_text(exc)}"
 
     def _note(self, notes: list[str], item: int | None, message: str) -> None:
         text = message if item is None else f"item {item}: {message}"
@@ -108,13 +122,21 @@ class StageCache:
             self._note(self.warnings, item, self._disabled)
             return False, None, None
         try:
-            digest = fingerprint(value)
+            try:
+                digest = fingerprint(value, budget=INLINE_FINGERPRINT_NODES)
+            except OverBudgetError:  # a large input: hash it off the event loop
+                digest = await anyio.to_thread.run_sync(fingerprint, value)
         except UnfingerprintableError as exc:
             self.tally.uncacheable += 1
             self._note(self.warnings, item, f"not cached: {exc}")
             return False, None, None
         key = make_key(
-            self.stage_id, digest, version=self.version, code=self.code, item=self.item_level
+            self.stage_id,
+            digest,
+            version=self.version,
+            code=self.code,
+            item=self.item_level,
+            pipeline=self.pipeline,
         )
         try:
             blob = await self.store.get(key)
@@ -125,7 +147,7 @@ class StageCache:
         except Exception as exc:  # noqa: BLE001  # a cache problem is a miss, never a failure
             self.tally.misses += 1
             self.tally.errors += 1
-            self._note(self.errors, item, f"read failed, recomputing: {type(exc).__name__}: {exc}")
+            self._note(self.errors, item, f"read failed, recomputing: {exception_text(exc)}")
             return False, None, key
         self.tally.hits += 1
         self.hits += 1
@@ -137,12 +159,16 @@ class StageCache:
             payload = self.serializer.dumps(output, self.output_type)
         except Exception as exc:  # noqa: BLE001  # an unstorable output is just not cached
             self.tally.uncacheable += 1
-            self._note(self.warnings, item, str(exc))
+            if isinstance(exc, UncacheableOutputError):
+                text = str(exc)
+            else:
+                text = f"output not cached: {exception_text(exc)}"
+            self._note(self.warnings, item, text)
             return
         try:
             await self.store.put(key, seal(self.serializer, payload))
         except Exception as exc:  # noqa: BLE001  # a failing store never fails the stage
             self.tally.errors += 1
-            self._note(self.errors, item, f"write failed: {type(exc).__name__}: {exc}")
+            self._note(self.errors, item, f"write failed: {exception_text(exc)}")
             return
         self.tally.writes += 1
