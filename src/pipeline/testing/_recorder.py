@@ -2,11 +2,17 @@
 
 It works by wrapping the stage objects of a definition, so it needs nothing from the executor;
 run-level events for observers are a separate concern (`pipeline.events`, when it lands).
+
+Recording never changes what it records: a wrapper exposes its stage as `__wrapped_stage__`,
+which the cache follows to resolve output types and code fingerprints, and a stage that
+validation would reject (no `execute`, or one that is not `async def`) is left unwrapped, so a
+recorded definition validates, caches and fingerprints exactly like the original.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import threading
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, final
 
@@ -155,7 +161,10 @@ class RunRecorder:
 class RecordingStage(Generic[InT, OutT]):
     """Wraps a stage so that every call is recorded in a `RunRecorder`; behaviour is unchanged.
 
-    Exceptions and cancellations pass through after being recorded.
+    Exceptions and cancellations pass through after being recorded. The wrapped stage is also
+    `__wrapped_stage__`, the attribute the cache unwraps (repeatedly) to find the output type
+    and the code fingerprint of the original, so a recorded stage reads and writes the same
+    cache entries. Wrap only stages whose `execute` is `async def` (`record_run` does that).
 
     Args:
         stage_id: The id the records carry.
@@ -170,6 +179,8 @@ class RecordingStage(Generic[InT, OutT]):
         """The id the records carry."""
         self.wrapped = stage
         """The wrapped stage."""
+        self.__wrapped_stage__ = stage
+        """The wrapped stage, under the name the cache unwraps (see `output_type_of`)."""
         self.recorder = recorder
         """The recorder receiving the records."""
 
@@ -213,6 +224,11 @@ def record_run(
     Run the returned definition with any executor, then assert on the recorder. Stages of a
     `SubPipeline` are recorded too, with ids `"<subpipeline stage id>/<child stage id>"`.
 
+    The copy validates, caches and fingerprints like `definition`: a stage without an
+    `async def execute` is left as it is (validation then reports it exactly as for the
+    original, and it leaves no records), and a recorded stage hits the cache entries of the
+    original and vice versa.
+
     Args:
         definition: The pipeline to record; it is not modified.
         recorder: Record into this recorder (default: a new one).
@@ -237,7 +253,7 @@ def _wrap(definition: PipelineDefinition, recorder: RunRecorder, prefix: str) ->
     for sdef in definition.stages:
         sid = f"{prefix}{sdef.id}"
         inner: Any = sdef.stage
-        if not callable(getattr(inner, "execute", None)):
+        if not _is_async_stage(inner):
             stages.append(sdef)  # left for validation to report, not hidden behind a wrapper
             continue
         if isinstance(inner, SubPipeline):
@@ -250,3 +266,12 @@ def _wrap(definition: PipelineDefinition, recorder: RunRecorder, prefix: str) ->
             )
         stages.append(dataclasses.replace(sdef, stage=RecordingStage(sid, inner, recorder)))
     return dataclasses.replace(definition, stages=tuple(stages))
+
+
+def _is_async_stage(stage: object) -> bool:
+    """Whether validation accepts `stage`'s `execute` (the same test as `_validation`)."""
+    try:
+        execute = getattr(stage, "execute", None)
+    except Exception:  # noqa: BLE001  # a raising property: left for validation to meet as is
+        return False
+    return callable(execute) and inspect.iscoroutinefunction(execute)
