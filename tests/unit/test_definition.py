@@ -11,7 +11,6 @@ from pipeline import (
     ExecutionPattern,
     PipelineContext,
     PipelineDefinition,
-    PipelineExecutor,
     PipelineValidationError,
     RetryConfig,
     StageDefinition,

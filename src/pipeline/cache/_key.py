@@ -19,8 +19,8 @@ import pydantic_core
 from pydantic import BaseModel
 
 from pipeline._text import exception_text
-from pipeline.errors import PipelineError
 from pipeline._wrapped import unwrap_stage
+from pipeline.errors import PipelineError
 
 KEY_SCHEMA: Final = "pipeline-cache/2"
 """Changes whenever the key layout changes, so old entries can never be read by new code."""

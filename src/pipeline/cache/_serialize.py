@@ -15,9 +15,9 @@ from typing import Any, Final, Protocol, TypeGuard, TypeVar, final
 
 from pydantic import BaseModel, TypeAdapter
 
+from pipeline._wrapped import unwrap_stage
 from pipeline.errors import PipelineError
 from pipeline.functions import FunctionStage
-from pipeline._wrapped import unwrap_stage
 from pipeline.protocol import PipelineStage
 from pipeline.result import StageResult
 
