@@ -58,7 +58,8 @@ def _is_number(value: object) -> TypeGuard[float]:
 def _check_bool(owner: str, name: str, value: object) -> None:
     _require(
         isinstance(value, bool), owner, name, f"is {value!r} ({type(value).__name__})",
-        "use True or False (any str, even 'false', would count as true)",
+        "use True or False"
+        + (" (any non-empty str, even 'false', is truthy)" if isinstance(value, str) else ""),
     )  # fmt: skip
 
 
@@ -290,8 +291,8 @@ class PipelineDefinition:
             if not isinstance(entry, StageDefinition):
                 what = type(entry).__name__
                 raise DefinitionError(
-                    own, f"stages[{i}]", f"is a {what}, not a StageDefinition",
-                    f'wrap it: StageDefinition("some_id", {what}...)',
+                    own, f"stages[{i}]", f"is an instance of {what}, not a StageDefinition",
+                    f'wrap it: StageDefinition("some_id", <the {what}>)',
                 )  # fmt: skip
         object.__setattr__(self, "stages", entries)
         _check_bool(own, "fail_fast", self.fail_fast)

@@ -414,5 +414,5 @@ def test_entry_that_is_not_a_stage_definition_is_a_definition_error() -> None:
         PipelineDefinition("p", [Bare()])  # type: ignore[list-item]  # the mistake under test
     assert caught.value.owner == "PipelineDefinition 'p'"
     assert caught.value.field == "stages[0]"
-    assert "is a Bare, not a StageDefinition" in str(caught.value)
-    assert 'StageDefinition("some_id", Bare' in str(caught.value)
+    assert "is an instance of Bare, not a StageDefinition" in str(caught.value)
+    assert 'StageDefinition("some_id", <the Bare>)' in str(caught.value)
