@@ -12,9 +12,18 @@ Delivery model (and why):
 - Observers whose `on_event` is `async def` are never awaited by `emit` (the run loop must not
   wait on a slow observer). `emit` puts the event on an unbounded memory object stream that one
   task, started by `async with dispatcher.running():`, drains in order, awaiting each async
-  observer in turn. `running()` returns only when every queued event has been delivered, so no
-  task outlives the run; when the run is cancelled, what is still queued is delivered in a
-  shielded scope bounded by `grace_s` on the executor's clock.
+  observer in turn, so no task outlives the run.
+- Async observers never hold the caller (SPEC 7). Once the body of `running()` ends (the run
+  finished, failed, timed out or was cancelled), what is still queued gets `grace_s` (default
+  `OBSERVER_GRACE_S`) to be delivered; then the delivery in progress is cancelled, the rest is
+  dropped, and one WARNING on the `pipeline` logger says how many events were lost (those
+  queued plus the one whose delivery was cut short) and for which observers. When the caller
+  cancels the run, the delivery in progress is cancelled at once (it is the caller's
+  cancellation, and counts as cut short) and the rest is delivered in a shielded scope within
+  the same grace. The grace is measured on the executor's clock: real time with the default
+  `SystemClock` (which is what holding the caller is about), virtual and deterministic with
+  `pipeline.testing.FakeClock`. A *sync* observer that blocks cannot be bounded this way: it
+  runs inline in the run loop and must be quick.
 - An observer that raises `Exception` is logged on `logging.getLogger("pipeline")` (with the
   traceback the first time, at DEBUG afterwards, so a broken observer cannot flood the log)
   and ignored. Cancellation and other `BaseException`s are never swallowed.
@@ -33,6 +42,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
+from pipeline.errors import DefinitionError
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Iterable
 
@@ -43,6 +54,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipeline")
 
+OBSERVER_GRACE_S = 1.0
+"""Seconds (on the executor's clock) that async observers get, once a run has ended, to receive
+the events still queued for them; what is left then is dropped with one warning. Long enough
+for a healthy observer to catch up on a burst of final events, short enough that a stuck one
+does not noticeably hold `execute()`."""
+
 _Queued = tuple[Any, Any]
 """(async observer, event), or (None, (sync observer, event, the awaitable it returned))."""
 
@@ -50,6 +67,16 @@ _Queued = tuple[Any, Any]
 def new_run_id() -> str:
     """A fresh, short, unique run id (12 hex digits)."""
     return uuid.uuid4().hex[:12]
+
+
+def _is_seconds(value: object) -> bool:
+    """A real number >= 0 (inf allowed), not a bool or NaN."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+        and value >= 0
+    )
 
 
 def _is_async(observer: Observer) -> bool:
@@ -70,8 +97,13 @@ class EventDispatcher:
 
     Args:
         observers: Objects with an `on_event(event)` method, sync or async.
-        clock: The executor's clock; bounds the final flush of a cancelled run.
-        grace_s: How long a cancelled run may spend delivering queued events to async observers.
+        clock: The executor's clock, on which the grace is measured (None: real time).
+        grace_s: How long, once the run has ended, async observers may take to receive what is
+            still queued for them before it is dropped (default `OBSERVER_GRACE_S`; 0 drops at
+            once; `math.inf` waits for every event, and so may hold the caller).
+
+    Raises:
+        DefinitionError: `grace_s` is not a number >= 0.
     """
 
     def __init__(
@@ -79,15 +111,29 @@ class EventDispatcher:
         observers: Iterable[Observer] = (),
         *,
         clock: Clock | None = None,
-        grace_s: float = 1.0,
+        grace_s: float = OBSERVER_GRACE_S,
     ) -> None:
+        if not _is_seconds(grace_s):
+            raise DefinitionError(
+                "EventDispatcher",
+                "grace_s",
+                f"is {grace_s!r}",
+                f"use seconds >= 0 (default {OBSERVER_GRACE_S})",
+            )
         self.observers: tuple[Observer, ...] = tuple(observers)
         self._sync = tuple(o for o in self.observers if not _is_async(o))
         self._async = tuple(o for o in self.observers if _is_async(o))
         self._clock = clock
-        self._grace_s = grace_s
+        self._grace_s = float(grace_s)
         self._send: MemoryObjectSendStream[_Queued] | None = None
         self._failures: dict[int, int] = {}
+        self._cut: list[Observer] = []
+        """Observers whose delivery was cancelled midway during the current `running()`."""
+
+    @property
+    def grace_s(self) -> float:
+        """Seconds async observers get, once the run has ended, before queued events drop."""
+        return self._grace_s
 
     @property
     def enabled(self) -> bool:
@@ -122,52 +168,58 @@ class EventDispatcher:
     async def running(self) -> AsyncIterator[None]:
         """Own the drain task for async observers while the run is in progress.
 
-        A no-op without observers. On exit, waits until every queued event has been
-        delivered (on cancellation: at most `grace_s`, shielded).
+        A no-op without observers. On exit (however the body ends), waits at most `grace_s`
+        for the queued events to be delivered, shielded; then drops the rest with one warning.
         """
         if not self.observers:
             yield
             return
         send, receive = anyio.create_memory_object_stream[_Queued](math.inf)
+        drained = anyio.Event()
         self._send = send
+        self._cut = []
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._drain, receive)
+                tg.start_soon(self._drain, receive, drained)
                 try:
                     yield
                 finally:
                     self._send = None
                     send.close()
+                    with self._grace_scope():
+                        await drained.wait()
+                        await self._flush(receive)
+                    tg.cancel_scope.cancel()  # past the grace: stop the delivery in progress
         finally:
-            await self._flush(receive)
+            self._drop(receive)
 
-    async def _drain(self, receive: MemoryObjectReceiveStream[_Queued]) -> None:
-        async for item in receive:
-            await self._deliver(item)
+    def _grace_scope(self) -> anyio.CancelScope:
+        if math.isinf(self._grace_s):
+            scope = anyio.CancelScope()
+        elif self._clock is not None:
+            scope = self._clock.deadline_scope(self._grace_s)
+        else:
+            scope = anyio.move_on_after(self._grace_s)
+        scope.shield = True  # the caller's cancellation must not skip the final events
+        return scope
+
+    async def _drain(
+        self, receive: MemoryObjectReceiveStream[_Queued], drained: anyio.Event
+    ) -> None:
+        try:
+            async for item in receive:
+                await self._deliver(item)
+        finally:
+            drained.set()
 
     async def _flush(self, receive: MemoryObjectReceiveStream[_Queued]) -> None:
-        """Deliver what a cancelled drain left behind, shielded, within `grace_s`."""
-        scope = (
-            self._clock.deadline_scope(self._grace_s)
-            if self._clock is not None
-            else anyio.move_on_after(self._grace_s)
-        )
-        scope.shield = True
-        try:
-            with scope:
-                while True:
-                    try:
-                        item = receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                        break
-                    await self._deliver(item)
-        finally:
-            while True:  # past the deadline: drop the rest without "never awaited" warnings
-                try:
-                    _discard(receive.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-            receive.close()
+        """Deliver what a drain cancelled with the run left behind (nothing if it finished)."""
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            await self._deliver(item)
 
     async def _deliver(self, item: _Queued) -> None:
         observer, payload = item
@@ -178,8 +230,36 @@ class EventDispatcher:
             awaitable = observer.on_event(event)
         try:
             await awaitable
+        except anyio.get_cancelled_exc_class():
+            self._cut.append(observer)
+            raise
         except Exception as exc:  # noqa: BLE001  # an observer never changes the run
             self._report(observer, event, exc)
+
+    def _drop(self, receive: MemoryObjectReceiveStream[_Queued]) -> None:
+        """Discard what the grace left undelivered and say so, once."""
+        lost = list(self._cut)
+        self._cut = []
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            lost.append(item[0] if item[0] is not None else item[1][0])
+            _discard(item)
+        receive.close()
+        if not lost:
+            return
+        names = ", ".join(dict.fromkeys(type(o).__name__ for o in lost))
+        logger.warning(
+            "async observers: %d event(s) not delivered within grace_s=%s s after the run "
+            "ended were dropped (observers: %s); make on_event return sooner, or hand slow "
+            "work to a queue of your own",
+            len(lost),
+            f"{self._grace_s:g}",
+            names,
+            extra={"pipeline_dropped_events": len(lost)},
+        )
 
     def _report(self, observer: Observer, event: Any, exc: Exception) -> None:
         count = self._failures.get(id(observer), 0) + 1
