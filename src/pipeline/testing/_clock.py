@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import threading
 from typing import TYPE_CHECKING, Any, final
 
@@ -102,11 +103,23 @@ class FakeClock:
 
     - `sleep(s)` records `s` in `sleeps` and registers a wake-up at `now() + s`; the sleeper
       waits until virtual time reaches it. Sleeps in concurrent tasks therefore overlap: four
-      parallel stages sleeping 1 s each end at virtual 1 s, not 4 s. `sleep(0)` (or less) is
-      recorded and is a plain checkpoint. A cancelled sleep drops its wake-up.
+      parallel stages sleeping 1 s each end at virtual 1 s, not 4 s. `sleep(0)` (or less, down
+      to `-inf`) is recorded and is a plain checkpoint (more lenient than `anyio.sleep`, and so
+      `SystemClock`, which raise `ValueError` for a negative delay). `sleep(math.inf)` is recorded
+      and waits until cancelled (by a deadline, a task group or the caller): it registers no
+      wake-up, so virtual time never jumps to infinity. A cancelled sleep drops its wake-up.
     - `deadline_scope(s)` (timeouts) returns a cancel scope cancelled when virtual time reaches
-      `now() + s` (at once if `s <= 0`). The deadline is pending only while the scope is
-      entered: a scope not yet entered, or already left, never makes the clock jump.
+      `now() + s` (at once if `s <= 0`; never if `s` is `math.inf`). The deadline is pending
+      only while the scope is entered: a scope not yet entered, or already left, never makes
+      the clock jump.
+    - Every wake-up and deadline moves time forward: for `s > 0` it is due at `now() + s`, or at
+      the next float after `now()` when that sum rounds back to `now()` (`1e-16` s at t=1.15).
+      So a loop that sleeps until a target time (a rate limiter's refill) always gets there;
+      were time to stay put, it would spin at full CPU. A due time that overflows the largest
+      float cannot be reached: `sleep`, `deadline_scope` and `advance` raise `OverflowError`
+      naming the duration and `now()`, instead of jumping to infinity or hanging.
+    - NaN is rejected with `ValueError` by `sleep`, `deadline_scope` and `advance` (and a
+      non-finite `start`), before anything is recorded, so a NaN never enters the timer heap.
     - When the program is idle, virtual time jumps to the earliest pending wake-up or deadline,
       and everything due at that instant fires, in the order it was registered; then the clock
       waits for idle again. A stage blocked forever on an event inside a `timeout_ms` thus
@@ -133,12 +146,18 @@ class FakeClock:
     that looks while the driver is in its warm-up rounds waits 0.1 s more, and two `FakeClock`s
     with work on one loop see each other's driver as busy, costing up to 0.1 s per jump; the
     virtual timings stay exact. A worker thread that waits for something only virtual time can
-    bring (a sleep on this clock) deadlocks, as time never moves while it runs. Deadline scopes
-    are instances of a subclass of anyio's backend cancel scope (asyncio's or trio's) whose
-    `__enter__` and `__exit__` arm and drop the deadline.
+    bring (a sleep on this clock) deadlocks, as time never moves while it runs. For the same
+    reason a loop polling `now()` around `sleep(0)` never sees time move: sleep for the time
+    that is left instead. Deadline scopes are instances of a subclass of anyio's backend cancel
+    scope (asyncio's or trio's) whose `__enter__` and `__exit__` arm and drop the deadline.
     """
 
     def __init__(self, start: float = 0.0) -> None:
+        if not math.isfinite(start):
+            raise ValueError(
+                f"FakeClock(start={start!r}): the start time must be a finite number of "
+                "seconds; pass a number such as 0.0"
+            )
         self._now = start
         self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
@@ -147,20 +166,34 @@ class FakeClock:
         self._driver: anyio.lowlevel.EventLoopToken | None = None
         self._error: BaseException | None = None
         self.sleeps: list[float] = []
-        """Every duration passed to `sleep`, in call order (retry backoff waits, in seconds)."""
+        """Every duration `sleep` accepted, in call order (retry backoff waits, in seconds)."""
 
     def now(self) -> float:
         """The virtual time in seconds."""
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        """Record `seconds`, then wait until virtual time reaches now + `seconds`."""
-        self.sleeps.append(seconds)
+        """Record `seconds`, then wait until virtual time reaches now + `seconds`.
+
+        `seconds <= 0` is a checkpoint and `math.inf` waits until cancelled.
+
+        Raises:
+            ValueError: `seconds` is NaN (nothing is recorded).
+            OverflowError: now + `seconds` is past the largest float.
+        """
+        self._check("sleep", seconds)
         if seconds <= 0:
+            self.sleeps.append(seconds)
             await anyio.lowlevel.checkpoint()
             return
+        if seconds == math.inf:
+            self.sleeps.append(seconds)
+            await anyio.sleep_forever()  # no wake-up: only a cancellation ends it
+            return
+        when = self._due("sleep", seconds)
+        self.sleeps.append(seconds)
         event = anyio.Event()
-        timer = self._register(_Timer(self._now + seconds, event, None))
+        timer = self._register(_Timer(when, event, None))
         try:
             await event.wait()
         finally:
@@ -170,18 +203,65 @@ class FakeClock:
         """A cancel scope cancelled once virtual time reaches now + `seconds`.
 
         The deadline counts from this call; it is armed when the scope is entered (at once
-        cancelled if it has already passed) and dropped when the scope is left.
+        cancelled if it has already passed) and dropped when the scope is left. With
+        `seconds <= 0` the scope is cancelled at once; with `math.inf` it never is.
+
+        Raises:
+            ValueError: `seconds` is NaN.
+            OverflowError: now + `seconds` is past the largest float.
         """
+        self._check("deadline_scope", seconds)
+        if seconds <= 0 or seconds == math.inf:
+            when = self._now + seconds  # -inf..now: cancelled below; +inf: never armed
+        else:
+            when = self._due("deadline_scope", seconds)
         scope: Any = _deadline_scope_type(type(anyio.CancelScope()))()
-        scope._fake_clock_timer = (self, _Timer(self._now + seconds, None, scope))
+        scope._fake_clock_timer = (self, _Timer(when, None, scope))
         if seconds <= 0:
             scope.cancel()
         return scope  # type: ignore[no-any-return]
 
     async def advance(self, seconds: float) -> None:
-        """Move virtual time forward by `seconds`, firing what falls due on the way; yield once."""
-        self._fire_until(self._now + max(seconds, 0.0))
+        """Move virtual time forward by `seconds`, firing what falls due on the way; yield once.
+
+        `seconds <= 0` only yields; a positive `seconds` moves time by at least one float step.
+
+        Raises:
+            ValueError: `seconds` is NaN or infinite (virtual time stays finite).
+            OverflowError: now + `seconds` is past the largest float.
+        """
+        self._check("advance", seconds)
+        if seconds == math.inf:
+            raise ValueError(
+                f"FakeClock.advance({seconds!r}) at now={self._now!r}: virtual time must stay "
+                "finite; advance by a finite number of seconds (a sleep of math.inf already "
+                "waits until cancelled)"
+            )
+        if seconds > 0:
+            self._fire_until(self._due("advance", seconds))
         await anyio.lowlevel.checkpoint()
+
+    # -- durations -------------------------------------------------------------------------------
+    def _check(self, method: str, seconds: float) -> None:
+        if math.isnan(seconds):
+            raise ValueError(
+                f"FakeClock.{method}({seconds!r}) at now={self._now!r}: the duration is NaN; "
+                "pass a number of seconds (math.inf to wait until cancelled), and check the "
+                "arithmetic that produced it"
+            )
+
+    def _due(self, method: str, seconds: float) -> float:
+        """The time `seconds > 0` from now: strictly later than now, and finite."""
+        when = self._now + seconds
+        if when <= self._now:  # below half a float step of `now`: take the next step
+            when = math.nextafter(self._now, math.inf)
+        if when == math.inf:
+            raise OverflowError(
+                f"FakeClock.{method}({seconds!r}) at now={self._now!r}: the wake-up time is "
+                "past the largest float, so virtual time cannot move forward; start the "
+                "FakeClock nearer 0 or use shorter durations (math.inf waits until cancelled)"
+            )
+        return when
 
     # -- timers ----------------------------------------------------------------------------------
     def _register(self, timer: _Timer) -> _Timer:
@@ -195,7 +275,7 @@ class FakeClock:
 
     def _arm(self, timer: _Timer) -> None:
         """Arm an entered scope's deadline, or cancel the scope if the deadline has passed."""
-        if timer.scope is None or timer.scope.cancel_called:
+        if timer.scope is None or timer.scope.cancel_called or timer.when == math.inf:
             timer.live = False
         elif timer.when <= self._now:
             timer.live = False
