@@ -65,15 +65,17 @@ def _failed(sid: str, exc: BaseException, attempt: int, message: str | None = No
     return Outcome(StageResult.failure(text, stage_name=sid), attempt, exc)
 
 
-async def is_stray_cancel(exc: BaseException) -> bool:
-    """Whether a cancellation exception came from somewhere other than a cancel scope or caller.
+async def raise_unless_stray(exc: BaseException) -> None:
+    """Return if a cancellation exception is stray; raise the real cancellation otherwise.
 
     A stage that awaits a future someone else cancelled sees a `CancelledError` although
     nothing cancelled the stage. Real cancellation is still pending after the exception is
-    caught: an enclosing anyio cancel scope that was cancelled makes the checkpoint below raise
-    again, and on asyncio a `Task.cancel()` (the caller's, or anyio's own delivery) leaves
-    `Task.cancelling()` above zero. Only when neither holds is the exception stray, and then it
-    is the stage's failure like any other exception.
+    caught: on asyncio a `Task.cancel()` (the caller's, or anyio's own delivery) leaves
+    `Task.cancelling()` above zero, and an enclosing anyio cancel scope that was cancelled makes
+    a checkpoint raise. In both cases the cancellation re-raised is the one the scope itself
+    delivers, so the scope recognises and absorbs it (a re-raised stray `CancelledError` would
+    not be anyio's and would escape the scope). Only when neither holds is the exception
+    stray, and then it is the stage's failure like any other exception.
     """
     asyncio = sys.modules.get("asyncio")  # loaded whenever an asyncio loop runs
     if asyncio is not None:
@@ -82,12 +84,9 @@ async def is_stray_cancel(exc: BaseException) -> bool:
         except RuntimeError:  # no asyncio loop in this thread: trio
             task = None
         if task is not None and task.cancelling():
-            return False
-    try:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-    except anyio.get_cancelled_exc_class():
-        return False
-    return isinstance(exc, anyio.get_cancelled_exc_class())
+            await anyio.lowlevel.checkpoint()  # a cancel not yet delivered arrives here
+            raise exc  # it was delivered as `exc` itself
+    await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 async def attempt_once(
@@ -120,8 +119,7 @@ async def attempt_once(
     except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
         return _failed(sid, exc, attempt)
     except anyio.get_cancelled_exc_class() as exc:
-        if not await is_stray_cancel(exc):
-            raise
+        await raise_unless_stray(exc)
         return _failed(sid, exc, attempt)
     if not isinstance(returned, StageResult):
         out_exc = StageOutputError(sid, attempt, returned)
@@ -316,8 +314,7 @@ async def invoke_stage(
             message = f"condition of stage {sid!r} raised {exception_text(exc)}"
             return _failed(sid, exc, 0, message)
         except anyio.get_cancelled_exc_class() as exc:
-            if not await is_stray_cancel(exc):
-                raise
+            await raise_unless_stray(exc)
             message = f"condition of stage {sid!r} raised {exception_text(exc)}"
             return _failed(sid, exc, 0, message)
         if not run:

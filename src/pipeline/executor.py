@@ -21,7 +21,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from pipeline._dispatch import EventDispatcher, new_run_id
-from pipeline._invoke import Outcome, invoke_stage, is_stray_cancel
+from pipeline._invoke import Outcome, invoke_stage, raise_unless_stray
 from pipeline._reporter import RunReporter
 from pipeline._run import RunState, Scheduling
 from pipeline._text import exception_text, format_ms
@@ -256,8 +256,7 @@ class PipelineExecutor:
                 except anyio.get_cancelled_exc_class() as exc:
                     # Stray cancellations inside the stage are its failure already; one from
                     # elsewhere (a cache store, an observer) must not pass for a clean stop.
-                    if not await is_stray_cancel(exc):
-                        raise
+                    await raise_unless_stray(exc)
                     outcome = Outcome(
                         StageResult.failure(exception_text(exc), stage_name=sid), 0, exc
                     )

@@ -429,3 +429,70 @@ async def test_observers_see_the_end_of_a_run_whose_caller_was_cancelled() -> No
     assert finished == {"a": StageStatus.CANCELLED, "after": StageStatus.CANCELLED}
     assert events[-1].kind == "run_finished"
     assert events[-1].success is False
+
+
+# -- stray cancellation (SPEC 7) -------------------------------------------------------------------
+
+
+async def test_a_stray_cancelled_error_fails_its_stage_and_the_run() -> None:
+    """A CancelledError nobody aimed at the stage (a cancelled future it awaited) is a failure."""
+    import asyncio  # noqa: TID251  # the stray CancelledError under test is asyncio's
+
+    async def awaits_cancelled_future(
+        input: Any, context: PipelineContext[Any]
+    ) -> StageResult[Any]:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+        return StageResult.success("unreachable")
+
+    downstream = const("never")
+    pipeline = PipelineDefinition(
+        "stray",
+        [
+            StageDefinition("fetch", Fn(awaits_cancelled_future)),
+            StageDefinition("use", downstream, inputs=["fetch"]),
+        ],
+    )
+    with anyio.fail_after(5):
+        result = await PipelineExecutor().execute(pipeline)
+    assert not result.success
+    assert result.failed_stages == ["fetch"]
+    assert (result.get_result("fetch").error or "").startswith("CancelledError")
+    assert result.stage_runs["use"].error == "[CANCELLED] not started"
+    assert downstream.calls == 0
+
+
+async def test_a_stray_cancel_racing_a_fail_fast_stop_is_reported_as_cancelled_by_it() -> None:
+    """Raised while fail-fast is cancelling it, a stray CancelledError must not escape its scope.
+
+    The stage ran, so it is cancelled by the stop, never "not started" (found by the
+    fault-injection property test).
+    """
+    import asyncio  # noqa: TID251  # the stray CancelledError under test is asyncio's
+
+    from pipeline.testing import FakeClock
+
+    clock = FakeClock()
+
+    async def fails_at_5(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        await clock.sleep(5)
+        return StageResult.failure("boom")
+
+    async def stray_at_5(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        await clock.sleep(5)
+        raise asyncio.CancelledError("stray")
+
+    pipeline = PipelineDefinition(
+        "race",
+        [
+            StageDefinition("a", Fn(fails_at_5)),
+            StageDefinition("b", Fn(stray_at_5), critical=False),
+        ],
+    )
+    with anyio.fail_after(5):
+        result = await PipelineExecutor(clock=clock).execute(pipeline)
+    assert not result.success
+    assert result.stage_runs["b"].status is StageStatus.CANCELLED
+    assert result.stage_runs["b"].started_ms == 0.0
+    assert result.stage_runs["b"].error == "[CANCELLED] stage 'a' failed (fail_fast)"
