@@ -7,14 +7,13 @@ bookkeeping live in `pipeline.executor`, retry policy mechanics in `pipeline._re
 from __future__ import annotations
 
 import inspect
-import sys
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import anyio.lowlevel
 
+from pipeline._cancel import is_cancellation, must_propagate, raise_unless_stray
 from pipeline._model import copy_with
 from pipeline._retry import with_retry
 from pipeline._text import exception_text
@@ -65,28 +64,17 @@ def _failed(sid: str, exc: BaseException, attempt: int, message: str | None = No
     return Outcome(StageResult.failure(text, stage_name=sid), attempt, exc)
 
 
-async def raise_unless_stray(exc: BaseException) -> None:
-    """Return if a cancellation exception is stray; raise the real cancellation otherwise.
+async def _raise_if_not_a_failure(exc: BaseException) -> None:
+    """Re-raise interrupts and real cancellation; anything else a stage raised is its failure.
 
-    A stage that awaits a future someone else cancelled sees a `CancelledError` although
-    nothing cancelled the stage. Real cancellation is still pending after the exception is
-    caught: on asyncio a `Task.cancel()` (the caller's, or anyio's own delivery) leaves
-    `Task.cancelling()` above zero, and an enclosing anyio cancel scope that was cancelled makes
-    a checkpoint raise. In both cases the cancellation re-raised is the one the scope itself
-    delivers, so the scope recognises and absorbs it (a re-raised stray `CancelledError` would
-    not be anyio's and would escape the scope). Only when neither holds is the exception
-    stray, and then it is the stage's failure like any other exception.
+    That includes a stray `CancelledError`, another backend's cancellation class (asyncio's on
+    trio) and a user's own `BaseException` subclass: only `KeyboardInterrupt`, `SystemExit` and
+    the run's (or caller's) cancellation ever leave `execute`.
     """
-    asyncio = sys.modules.get("asyncio")  # loaded whenever an asyncio loop runs
-    if asyncio is not None:
-        try:
-            task = asyncio.current_task()
-        except RuntimeError:  # no asyncio loop in this thread: trio
-            task = None
-        if task is not None and task.cancelling():
-            await anyio.lowlevel.checkpoint()  # a cancel not yet delivered arrives here
-            raise exc  # it was delivered as `exc` itself
-    await anyio.lowlevel.checkpoint_if_cancelled()
+    if must_propagate(exc):
+        raise exc
+    if is_cancellation(exc):
+        await raise_unless_stray(exc)
 
 
 async def attempt_once(
@@ -99,7 +87,8 @@ async def attempt_once(
 ) -> Outcome:
     """Call `stage.execute` once, bounded by `timeout_ms`; errors become failed outcomes.
 
-    Cancellation, `KeyboardInterrupt` and `SystemExit` propagate: only `Exception` is caught.
+    Real cancellation, `KeyboardInterrupt` and `SystemExit` propagate; anything else raised
+    (including a stray `CancelledError`) is a failed outcome.
     """
     sid = sdef.id
     try:
@@ -118,8 +107,8 @@ async def attempt_once(
                 return _failed(sid, exc, attempt, str(exc))
     except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
         return _failed(sid, exc, attempt)
-    except anyio.get_cancelled_exc_class() as exc:
-        await raise_unless_stray(exc)
+    except BaseException as exc:  # noqa: BLE001  # re-raised unless it is the stage's failure
+        await _raise_if_not_a_failure(exc)
         return _failed(sid, exc, attempt)
     if not isinstance(returned, StageResult):
         out_exc = StageOutputError(sid, attempt, returned)
@@ -313,8 +302,8 @@ async def invoke_stage(
         except Exception as exc:  # noqa: BLE001  # a raising condition fails its stage, by contract
             message = f"condition of stage {sid!r} raised {exception_text(exc)}"
             return _failed(sid, exc, 0, message)
-        except anyio.get_cancelled_exc_class() as exc:
-            await raise_unless_stray(exc)
+        except BaseException as exc:  # noqa: BLE001  # re-raised unless it is a failure
+            await _raise_if_not_a_failure(exc)
             message = f"condition of stage {sid!r} raised {exception_text(exc)}"
             return _failed(sid, exc, 0, message)
         if not run:

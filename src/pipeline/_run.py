@@ -261,6 +261,24 @@ class RunState:
         self.in_flight.clear()
         self.settle_unfinished()
 
+    def fail_lost(self) -> None:
+        """Stages whose task ended without a result fail, and the run stops.
+
+        This happens only when something outside the run cancelled a stage's task in a way the
+        stage could not see (a stray cancellation outside `execute`); anyio's task group then
+        drops the task silently, and its stage must not pass for "not started".
+        """
+        lost = [sid for sid in self.in_flight if sid not in self.results]
+        if not lost:
+            return
+        now = self.clock.now()
+        for sid in lost:
+            error = f"stage {sid!r}: its task was cancelled by something outside the run"
+            failed = StageResult.failure(error, stage_name=sid)
+            self.finish(sid, Outcome(failed, attempts=0), None, now)
+        self.in_flight.clear()
+        self.stop("cancelled", f"stage task(s) {lost} cancelled from outside the run")
+
     def settle_unfinished(self) -> None:
         """Stages that never ran end as cancelled ("not started")."""
         for sid in self.plan.order:
@@ -282,6 +300,10 @@ class RunState:
             by_status[self.results[sid].status].append(sid)
         metadata = self.context.metrics_snapshot()
         error = None
+        if self.stop_kind == "timeout" and not by_status[StageStatus.CANCELLED]:
+            # The deadline fired as the last stage was finishing: its task was already woken
+            # and returned without a checkpoint. Nothing was cut short, so nothing timed out.
+            self.stop_kind = self.stop_reason = None
         if self.stop_kind == "cancelled":
             metadata["cancellation"] = {"reason": self.stop_reason}
             error = f"cancelled: {self.stop_reason}"

@@ -19,12 +19,18 @@ if TYPE_CHECKING:
     from pipeline.definition import StageDefinition
 
 
-MAX_SUGGESTED: Final = 20
+MAX_SUGGESTED: Final = 3
 """Unknown inputs that get "did you mean" suggestions; later ones only say what is wrong.
 
-Finding close matches scans every stage id, so a systematic typo across a generated pipeline
-of thousands of stages would otherwise cost seconds and pages of text.
+Finding close matches scans every stage id (about 12 us per id), so a systematic typo across
+a generated pipeline of thousands of stages would otherwise cost seconds and pages of text.
 """
+
+MAX_IDS_FOR_SUGGESTIONS: Final = 5_000
+"""Above this many stages no suggestions are computed at all (each would take 60 ms or more)."""
+
+MAX_CYCLE_SHOWN: Final = 12
+"""A longer cycle is shown by its first and last stages; `ValidationIssue.cycle` has all."""
 
 
 def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
@@ -53,7 +59,7 @@ def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, 
         if n > 1
     )
     known = set(counts)
-    suggestions_left = MAX_SUGGESTED
+    suggestions_left = MAX_SUGGESTED if len(known) <= MAX_IDS_FOR_SUGGESTIONS else 0
     for s in stages:
         for dep in s.inputs:
             if dep in known:
@@ -119,7 +125,7 @@ def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, 
                 code="cycle",
                 stage_id=cycle[0],
                 message=(
-                    f"Circular dependency detected: {' -> '.join(cycle)}; "
+                    f"Circular dependency detected: {_cycle_text(cycle)}; "
                     "remove one of these inputs"
                 ),
                 cycle=cycle,
@@ -134,3 +140,11 @@ def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, 
             )
         )
     return tuple(issues)
+
+
+def _cycle_text(cycle: tuple[str, ...]) -> str:
+    if len(cycle) <= MAX_CYCLE_SHOWN:
+        return " -> ".join(cycle)
+    head, tail = cycle[: MAX_CYCLE_SHOWN // 2], cycle[-(MAX_CYCLE_SHOWN // 2) :]
+    hidden = len(cycle) - len(head) - len(tail)
+    return f"{' -> '.join(head)} -> ... ({hidden} more) ... -> {' -> '.join(tail)}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard, final
 
@@ -109,7 +109,7 @@ class RetryConfig:
         if self.retryable_errors is not None:
             errors: Any = self.retryable_errors
             _require(
-                not isinstance(errors, str | bytes) and isinstance(errors, Iterable),
+                not isinstance(errors, str | bytes | Mapping) and isinstance(errors, Iterable),
                 own, "retryable_errors", f"is {errors!r}", 'pass a list of str such as ["timeout"]',
             )  # fmt: skip
             entries: tuple[Any, ...] = tuple(errors)
@@ -131,11 +131,15 @@ class RetryConfig:
         # the multiplier is) the wait is the cap, so huge retry numbers never compute a power.
         if initial == 0:
             return 0.0
-        limit = math.log(cap / initial) / math.log(self.backoff_multiplier)
+        # Logs, not the ratio: cap / initial itself overflows for cap=1e300, initial=1e-10.
+        limit = (math.log(cap) - math.log(initial)) / math.log(self.backoff_multiplier)
         exponent = retry_number - 1
         if exponent >= limit:
             return float(cap)
-        return float(min(initial * self.backoff_multiplier**exponent, cap))
+        try:
+            return float(min(initial * self.backoff_multiplier**exponent, cap))
+        except OverflowError:  # pragma: no cover - the limit above keeps the power finite
+            return float(cap)
 
     def retries_after(
         self, attempt: int, error: str | None, exception_type: str | None = None
@@ -282,9 +286,10 @@ class PipelineDefinition:
         )  # fmt: skip
         stages: object = self.stages
         _require(
-            isinstance(stages, Iterable) and not isinstance(stages, str | bytes | dict),
+            isinstance(stages, Iterable)
+            and not isinstance(stages, str | bytes | Mapping | set | frozenset),
             own, "stages", f"is {type(stages).__name__}",
-            "pass a list of StageDefinition(...) objects",
+            "pass a list of StageDefinition(...) objects (a list: its order is the tie-breaker)",
         )  # fmt: skip
         entries: tuple[object, ...] = tuple(self.stages)
         for i, entry in enumerate(entries):

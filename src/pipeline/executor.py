@@ -20,8 +20,9 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from pipeline._cancel import raise_unless_stray
 from pipeline._dispatch import EventDispatcher, new_run_id
-from pipeline._invoke import Outcome, invoke_stage, raise_unless_stray
+from pipeline._invoke import Outcome, invoke_stage
 from pipeline._reporter import RunReporter
 from pipeline._run import RunState, Scheduling
 from pipeline._text import exception_text, format_ms
@@ -195,6 +196,7 @@ class PipelineExecutor:
             if remove_listener is not None:
                 remove_listener()
         assert run is not None  # built first thing inside the task group
+        run.fail_lost()
         run.settle_unfinished()
         result = run.build(self.scheduling)
         if reporter is not None:

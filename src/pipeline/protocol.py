@@ -32,4 +32,3 @@ class PipelineStage(Protocol[InT_contra, OutT]):
     ) -> StageResult[OutT]:
         """Run the stage once on `input`."""
         ...
-

@@ -83,19 +83,25 @@ async def test_failed_result_without_exception() -> None:
 
 
 class Abort(BaseException):
-    """A BaseException that is not an Exception: never swallowed."""
+    """A BaseException that is neither an interrupt nor a cancellation."""
 
 
 @on_both_backends
-async def test_base_exceptions_are_not_swallowed() -> None:
-    """Only Exception becomes a failure; other BaseExceptions propagate out of execute."""
+async def test_a_user_base_exception_is_the_stage_failure() -> None:
+    """SPEC 7: only KeyboardInterrupt, SystemExit and real cancellation leave execute.
+
+    (Before SPEC 7 any BaseException propagated; a library's own BaseException subclass then
+    tore down the caller's run instead of failing the stage that raised it.)
+    """
 
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise Abort
+        raise Abort("stop everything")
 
     pipeline = PipelineDefinition("p", [StageDefinition("a", Fn(body))])
-    with pytest.RaisesGroup(Abort, allow_unwrapped=True, flatten_subgroups=True):
-        await PipelineExecutor().execute(pipeline)
+    result = await PipelineExecutor().execute(pipeline)
+    assert not result.success
+    assert result.get_result("a").error == "Abort: stop everything"
+    assert result.stage_runs["a"].exception_type == "Abort"
 
 
 # -- conditions ----------------------------------------------------------------------------------------

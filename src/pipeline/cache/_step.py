@@ -11,8 +11,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import anyio.to_thread
 
+from pipeline._cancel import raise_unless_stray
 from pipeline._text import exception_text
 from pipeline.cache._key import (
     INLINE_FINGERPRINT_NODES,
@@ -144,7 +146,9 @@ class StageCache:
                 self.tally.misses += 1
                 return False, None, key
             output = self.serializer.loads(unseal(self.serializer, blob), self.output_type)
-        except Exception as exc:  # noqa: BLE001  # a cache problem is a miss, never a failure
+        except (Exception, anyio.get_cancelled_exc_class()) as exc:  # noqa: BLE001  # a miss
+            if not isinstance(exc, Exception):
+                await raise_unless_stray(exc)  # a stray one from the store is just a miss
             self.tally.misses += 1
             self.tally.errors += 1
             self._note(self.errors, item, f"read failed, recomputing: {exception_text(exc)}")
@@ -167,7 +171,9 @@ class StageCache:
             return
         try:
             await self.store.put(key, seal(self.serializer, payload))
-        except Exception as exc:  # noqa: BLE001  # a failing store never fails the stage
+        except (Exception, anyio.get_cancelled_exc_class()) as exc:  # noqa: BLE001  # a note only
+            if not isinstance(exc, Exception):
+                await raise_unless_stray(exc)  # a stray one from the store is a failed write
             self.tally.errors += 1
             self._note(self.errors, item, f"write failed: {exception_text(exc)}")
             return
