@@ -9,8 +9,18 @@ Workloads (all in one process, baseline and pipeline runs interleaved):
   tracemalloc peak for 2,500 / 5,000 / 10,000 items.
 - W4: a seeded random 40-stage DAG whose stages really sleep 5-40 ms; makespan against the
   critical-path bound, for the hand-written baseline and both scheduling policies.
+- W5 (scale, `--scale N`, default 20,000; 0 skips it): a chain of N stages and a wide graph
+  (one source -> N parallel stages -> one join of all N). For each: building the definition,
+  `validate_pipeline()` and `.plan` on a fresh definition (`.plan` validates, then
+  `build_plan`), how plan time grows from N/4 to N stages, and one run against the
+  hand-written baseline. Repeats stop once a step has used its time budget, so a slow
+  (quadratic) plan costs one sample, not fifteen.
+- W6: `PipelineExecutor().run_sync(d)`, and `anyio.run(executor.execute, d)` (how run_sync
+  used to start its loop), against `anyio.run(holder)` (a coroutine that stores
+  `await executor.execute(d)` in a list) for one stage returning a 200,000-element list: time
+  and tracemalloc peak of each. These run outside the benchmark's own event loop.
 
-Usage: python benchmarks/overhead.py [--quick] [--backend asyncio|trio]
+Usage: python benchmarks/overhead.py [--quick] [--backend asyncio|trio] [--scale N]
 """
 
 from __future__ import annotations
@@ -18,13 +28,14 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import math
 import random
 import statistics
 import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
@@ -33,6 +44,7 @@ from pipeline import (
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
+    PipelineResult,
     StageDefinition,
     StageResult,
 )
@@ -42,6 +54,8 @@ if TYPE_CHECKING:
 
     from pipeline.events import PipelineEvent
 
+T = TypeVar("T")
+
 FAN = 200  # W1 width
 CHAIN = 200  # W2 length
 ITEMS = 10_000  # W3 items
@@ -49,11 +63,15 @@ CAP = 100  # W3 concurrency
 MEM_SIZES = (2_500, 5_000, 10_000)
 DAG_NODES = 40
 DAG_SEED = 20240611
+SCALE = 20_000  # W5 stages (chain length, and width of the wide graph)
+BIG_OUTPUT = 200_000  # W6 output length
 
 TARGET_US_PER_STAGE = 20.0
 TARGET_US_PER_STAGE_OBSERVED = 10.0  # added by one no-op sync observer (3 events per stage)
 TARGET_US_PER_ITEM = 8.0
 TARGET_EAGER_RATIO = 1.05
+TARGET_PLAN_S = 0.5  # SPEC 7: "a 20,000-stage chain plans in well under a second"
+TARGET_PLAN_GROWTH = 6.0  # plan time for 4x the stages: linear gives ~4x, quadratic ~16x
 
 
 # -- the no-op work ------------------------------------------------------------------------------
@@ -108,8 +126,8 @@ class SleepStage:
         return StageResult.success(None)
 
 
-# -- W1: source -> 200 parallel -> join ----------------------------------------------------------
-async def w1_baseline() -> Any:
+# -- W1: source -> 200 parallel -> join (W5 wide: the same, 20,000 wide) ------------------------
+async def w1_baseline(width: int = FAN) -> Any:
     source = await noop(0)
     outputs: dict[str, Any] = {}
 
@@ -117,14 +135,14 @@ async def w1_baseline() -> Any:
         outputs[key] = await noop(source)
 
     async with anyio.create_task_group() as tg:
-        for i in range(FAN):
+        for i in range(width):
             tg.start_soon(branch, f"p{i}")
-    return await noop({f"p{i}": outputs[f"p{i}"] for i in range(FAN)})
+    return await noop({f"p{i}": outputs[f"p{i}"] for i in range(width)})
 
 
-def w1_definition() -> PipelineDefinition:
+def w1_definition(width: int = FAN) -> PipelineDefinition:
     stage = NoOpStage()
-    branches = [f"p{i}" for i in range(FAN)]
+    branches = [f"p{i}" for i in range(width)]
     return PipelineDefinition(
         name="w1",
         stages=[
@@ -135,20 +153,21 @@ def w1_definition() -> PipelineDefinition:
     )
 
 
-# -- W2: a chain of 200 ---------------------------------------------------------------------------
-async def w2_baseline() -> Any:
+# -- W2: a chain of 200 (W5 chain: the same, 20,000 long) ----------------------------------------
+async def w2_baseline(length: int = CHAIN) -> Any:
     value: Any = 0
-    for _ in range(CHAIN):
+    for _ in range(length):
         value = await noop(value)
     return value
 
 
-def w2_definition() -> PipelineDefinition:
+def w2_definition(length: int = CHAIN) -> PipelineDefinition:
     stage = NoOpStage()
     return PipelineDefinition(
         name="w2",
         stages=[
-            StageDefinition(f"s{i}", stage, inputs=[f"s{i - 1}"] if i else []) for i in range(CHAIN)
+            StageDefinition(f"s{i}", stage, inputs=[f"s{i - 1}"] if i else [])
+            for i in range(length)
         ],
     )
 
@@ -238,6 +257,35 @@ def w4_definition(dag: Dag) -> PipelineDefinition:
     )
 
 
+# -- W6: a run whose output is a 200,000-element list --------------------------------------------
+class BigOutputStage:
+    """Returns a fresh `list(range(BIG_OUTPUT))`."""
+
+    @property
+    def name(self) -> str:
+        return "big"
+
+    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[list[int]]:
+        return StageResult.success(list(range(BIG_OUTPUT)))
+
+
+def w6_definition() -> PipelineDefinition:
+    return PipelineDefinition(name="w6", stages=[StageDefinition("big", BigOutputStage())])
+
+
+def run_holder(
+    executor: PipelineExecutor, definition: PipelineDefinition, backend: str
+) -> PipelineResult:
+    """The holder form: `anyio.run` a coroutine that keeps the result in a list, returns None."""
+    box: list[PipelineResult] = []
+
+    async def holder() -> None:
+        box.append(await executor.execute(definition))
+
+    anyio.run(holder, backend=backend)
+    return box[0]
+
+
 # -- measuring ------------------------------------------------------------------------------------
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
     gc.collect()
@@ -250,16 +298,58 @@ async def compare(
     baseline: Callable[[], Awaitable[Any]],
     candidate: Callable[[], Awaitable[Any]],
     repeats: int,
+    *,
+    budget_s: float = math.inf,
+    warmup: bool = True,
 ) -> tuple[float, float]:
-    """Medians (seconds) of interleaved runs, after one warm-up run of each."""
-    await baseline()
-    await candidate()
+    """Medians (seconds) of interleaved runs, after one warm-up run of each (if `warmup`).
+
+    Stops early once the measured runs have taken `budget_s` (at least one pair runs).
+    """
+    if warmup:
+        await baseline()
+        await candidate()
     base: list[float] = []
     cand: list[float] = []
     for _ in range(repeats):
         base.append(await timed(baseline))
         cand.append(await timed(candidate))
+        if sum(base) + sum(cand) >= budget_s:
+            break
     return statistics.median(base), statistics.median(cand)
+
+
+def sample(
+    setup: Callable[[], T], op: Callable[[T], object], *, repeats: int, budget_s: float
+) -> list[float]:
+    """Seconds of up to `repeats` calls `op(setup())` (only `op` is timed; GC stays on).
+
+    Stops once the timed calls have taken `budget_s`; at least one call runs.
+    """
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < budget_s:
+        arg = setup()
+        gc.collect()
+        t0 = time.perf_counter()
+        op(arg)
+        times.append(time.perf_counter() - t0)
+        del arg
+    return times
+
+
+def sample_gc_paused(
+    setup: Callable[[], T], op: Callable[[T], object], *, repeats: int, budget_s: float
+) -> float:
+    """The fastest `op(setup())` with the garbage collector paused: the algorithm's own cost."""
+
+    def paused(arg: T) -> None:
+        gc.disable()
+        try:
+            op(arg)
+        finally:
+            gc.enable()
+
+    return min(sample(setup, paused, repeats=repeats, budget_s=budget_s))
 
 
 async def peak_bytes(fn: Callable[[], Awaitable[Any]]) -> int:
@@ -321,7 +411,162 @@ def verdict(ok: bool | None) -> str:
     return "" if ok is None else ("PASS" if ok else "FAIL")
 
 
-async def run(repeats: int, dag_repeats: int, backend: str) -> bool:
+async def scale_rows(scale: int, repeats: int, budget_s: float) -> list[Row]:
+    """W5: build, validate, plan and run a `scale`-long chain and a `scale`-wide graph."""
+    rows: list[Row] = []
+    executor = PipelineExecutor()
+    target_s = TARGET_PLAN_S * scale / SCALE  # linear: the 20k budget, prorated
+    for shape, make, base_fn in (
+        ("chain", w2_definition, w2_baseline),
+        ("wide", w1_definition, w1_baseline),
+    ):
+        label = f"W5 {shape} {scale}"
+        big = make(scale).stages
+        small = make(max(scale // 4, 1)).stages
+        n = len(big)
+
+        def fresh(stages: Sequence[StageDefinition] = big, name: str = shape) -> PipelineDefinition:
+            # Validation issues and the plan are cached per definition: time a new one.
+            return PipelineDefinition(name=name, stages=stages)
+
+        def per_stage(seconds: float, stages: int = n) -> str:
+            return f"{seconds / stages * 1e6:.1f} µs/stage"
+
+        build_s = statistics.median(sample(lambda: scale, make, repeats=repeats, budget_s=budget_s))
+        validate_s = statistics.median(
+            sample(fresh, PipelineDefinition.validate_pipeline, repeats=repeats, budget_s=budget_s)
+        )
+        planned: list[PipelineDefinition] = []
+
+        def plan(
+            definition: PipelineDefinition, planned: list[PipelineDefinition] = planned
+        ) -> None:
+            _ = definition.plan  # validates, then `build_plan`
+            planned[:] = [definition]
+
+        plan_s = statistics.median(sample(fresh, plan, repeats=repeats, budget_s=budget_s))
+        # Growth with the collector paused: the algorithm's cost, not GC's (GC is in plan_s).
+        small_s = sample_gc_paused(
+            functools.partial(fresh, small), plan, repeats=repeats, budget_s=budget_s / 2
+        )
+        big_s = sample_gc_paused(fresh, plan, repeats=repeats, budget_s=budget_s / 2)
+        growth = big_s / small_s
+        rows += [
+            Row(f"{label}: build definition", "", ms(build_s), per_stage(build_s), "info", None),
+            Row(
+                f"{label}: validate_pipeline() (fresh)",
+                "",
+                ms(validate_s),
+                per_stage(validate_s),
+                "info",
+                None,
+            ),
+            Row(
+                f"{label}: .plan (fresh: validate + build)",
+                "",
+                ms(plan_s),
+                per_stage(plan_s),
+                f"well under 1 s at 20k: <= {ms(target_s)}",
+                plan_s <= target_s,
+            ),
+            Row(
+                f"{label}: plan time, x4 stages (gc paused)",
+                f"{len(small)}: {ms(small_s)}",
+                f"{n}: {ms(big_s)}",
+                f"{growth:.1f}x",
+                f"linear: <= {TARGET_PLAN_GROWTH:g}x",
+                growth <= TARGET_PLAN_GROWTH,
+            ),
+        ]
+
+        definition = planned[0]  # already planned: the run row times running only
+
+        async def pipe(d: PipelineDefinition = definition) -> None:
+            checked(await executor.execute(d))
+
+        async def base(size: int = scale, fn: Callable[[int], Awaitable[Any]] = base_fn) -> None:
+            await fn(size)
+
+        base_s, run_s = await compare(base, pipe, repeats, budget_s=budget_s, warmup=False)
+        rows.append(
+            Row(
+                f"{label}: run (plan cached)",
+                ms(base_s),
+                ms(run_s),
+                per_stage(run_s - base_s),
+                "info (W1/W2: <= 20 µs/stage)",
+                None,
+            )
+        )
+    return rows
+
+
+def run_sync_rows(repeats: int, backend: Literal["asyncio", "trio"]) -> list[Row]:
+    """W6: `run_sync` and `anyio.run(execute)` against `anyio.run(holder)` (no loop running)."""
+    definition = w6_definition()
+    executor = PipelineExecutor()
+    _ = definition.plan
+
+    def via_holder() -> PipelineResult:
+        return run_holder(executor, definition, backend)
+
+    def via_run_sync() -> PipelineResult:
+        return executor.run_sync(definition, backend=backend)
+
+    def via_direct() -> PipelineResult:
+        return anyio.run(executor.execute, definition, backend=backend)
+
+    forms = {"holder": via_holder, "run_sync": via_run_sync, "direct": via_direct}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    peaks: dict[str, list[int]] = {name: [] for name in forms}
+    for fn in forms.values():  # warm-up
+        checked(fn())
+    for _ in range(max(repeats // 3, 3)):
+        for name, fn in forms.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            result = fn()
+            times[name].append(time.perf_counter() - t0)
+            checked(result)
+            if len(result.outputs["big"]) != BIG_OUTPUT:
+                raise SystemExit(f"{name}: output has {len(result.outputs['big'])} items")
+            del result
+            gc.collect()
+            tracemalloc.start()
+            try:
+                result = fn()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            peaks[name].append(peak)
+            del result
+    t = {name: statistics.median(v) for name, v in times.items()}
+    p = {name: statistics.median(v) for name, v in peaks.items()}
+    label = f"W6 output of {BIG_OUTPUT:,} items"
+    rows: list[Row] = []
+    for name, form in (("run_sync", "run_sync(d)"), ("direct", "anyio.run(execute, d)")):
+        rows += [
+            Row(
+                f"{label}: {form} time",
+                f"{ms(t['holder'])} (holder)",
+                ms(t[name]),
+                f"{t[name] / t['holder']:.2f}x",
+                "info",
+                None,
+            ),
+            Row(
+                f"{label}: {form} peak",
+                f"{p['holder'] / 2**20:.1f} MiB (holder)",
+                f"{p[name] / 2**20:.1f} MiB",
+                f"{p[name] / p['holder']:.2f}x",
+                "info",
+                None,
+            ),
+        ]
+    return rows
+
+
+async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: list[Row]) -> bool:
     rows: list[Row] = []
     executor = PipelineExecutor()
     eager = PipelineExecutor(scheduling="eager")
@@ -467,9 +712,14 @@ async def run(repeats: int, dag_repeats: int, backend: str) -> bool:
         )
     )
 
+    if scale:
+        rows += await scale_rows(scale, repeats, budget_s=1.0 if repeats <= 5 else 2.0)
+    rows += extra
+
     print(
         f"pipeline overhead benchmark  backend={backend}  python={sys.version.split()[0]}  "
-        f"repeats={repeats} (W4: {dag_repeats})  W4 critical path={ms(bound)}"
+        f"repeats={repeats} (W4: {dag_repeats}; W5: until a step used its time budget)  "
+        f"W4 critical path={ms(bound)}"
     )
     print("medians of interleaved runs; overhead = (pipeline - baseline) / stages or items\n")
     print_table(rows)
@@ -480,9 +730,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (5, W4: 1)")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=SCALE,
+        metavar="N",
+        help=f"stages of the W5 chain and wide graph (default {SCALE:,}; 0 skips W5)",
+    )
     args = parser.parse_args()
     repeats, dag_repeats = (5, 1) if args.quick else (15, 3)
-    ok = anyio.run(run, repeats, dag_repeats, args.backend, backend=args.backend)
+    extra = run_sync_rows(repeats, args.backend)  # starts its own event loops
+    ok = anyio.run(run, repeats, dag_repeats, args.backend, args.scale, extra, backend=args.backend)
     print("\nall targets PASS" if ok else "\nsome targets FAIL")
     return 0 if ok else 1
 
