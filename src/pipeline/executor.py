@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
@@ -120,13 +121,14 @@ class PipelineExecutor:
         bus = EventDispatcher(self.observers, clock=clock) if self.observers else None
         clock_token = current_clock.set(clock)
         try:
-            if bus is None:
-                return await self._execute(pipeline, initial_input, ctx, started, deadline, None)
-            async with bus.running():
-                reporter = RunReporter(bus, new_run_id(), clock, started)
-                return await self._execute(
-                    pipeline, initial_input, ctx, started, deadline, reporter
-                )
+            if isinstance(clock, AbstractAsyncContextManager):
+                # A clock that drives time itself (FakeClock) runs its driver for this run; it
+                # is re-entrant, so a test that entered it already keeps control of it.
+                async with clock:
+                    return await self._observed(
+                        pipeline, initial_input, ctx, started, deadline, bus
+                    )
+            return await self._observed(pipeline, initial_input, ctx, started, deadline, bus)
         except BaseExceptionGroup as group:
             # KeyboardInterrupt or SystemExit raised in a stage reach the caller as themselves,
             # not wrapped in the task groups' BaseExceptionGroup (stage *errors* never get here).
@@ -136,6 +138,21 @@ class PipelineExecutor:
             raise leaf from None
         finally:
             current_clock.reset(clock_token)
+
+    async def _observed(
+        self,
+        pipeline: PipelineDefinition,
+        initial_input: Any,
+        ctx: PipelineContext[Any],
+        started: float,
+        deadline: anyio.CancelScope | None,
+        bus: EventDispatcher | None,
+    ) -> PipelineResult:
+        if bus is None:
+            return await self._execute(pipeline, initial_input, ctx, started, deadline, None)
+        async with bus.running():
+            reporter = RunReporter(bus, new_run_id(), self.clock, started)
+            return await self._execute(pipeline, initial_input, ctx, started, deadline, reporter)
 
     async def _execute(
         self,
