@@ -1,12 +1,17 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   -> creates .venv, installs the project, runs the flagship example
 #   make test   -> creates .venv, installs the project, runs ruff, mypy --strict and pytest
+# CI (.ci/run) also runs `make test-floors`: pytest in .venv-floors, where every runtime dependency
+# is pinned to the lowest version pyproject.toml allows (computed by .ci/floors.py).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+FLOORS_VENV  := .venv-floors
+FLOORS_BIN   := $(FLOORS_VENV)/bin
+FLOORS_STAMP := $(FLOORS_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test test-floors lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +36,23 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+$(FLOORS_BIN)/python:
+	$(PYTHON) -m venv $(FLOORS_VENV)
+
+$(FLOORS_STAMP): pyproject.toml .ci/floors.py | $(FLOORS_BIN)/python
+	$(FLOORS_BIN)/python -m pip install --quiet --upgrade pip
+	$(FLOORS_BIN)/python .ci/floors.py > $(FLOORS_VENV)/constraints.txt
+	$(FLOORS_BIN)/python -m pip install --quiet -c $(FLOORS_VENV)/constraints.txt -e '.[dev]'
+	$(FLOORS_BIN)/python .ci/floors.py --check
+	touch $(FLOORS_STAMP)
+
+# The suite against the dependency floors (no ruff/mypy: those run in `make test`).
+test-floors: $(FLOORS_STAMP)
+	$(FLOORS_BIN)/python .ci/floors.py --check
+	$(FLOORS_BIN)/python -m pytest -q
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS_VENV) .mypy_cache .pytest_cache .ruff_cache
