@@ -1,13 +1,14 @@
 """`RunReporter`: builds one run's events and hands them to the `EventDispatcher`.
 
-The executor and the invocation steps call it only when observers listen (they hold None
-otherwise), so a run without observers builds no event at all. What the events are lives in
-`pipeline.events`; how they reach observers in `pipeline._dispatch`.
+A run without observers gets `NULL_REPORTER`, whose methods do nothing, so it builds no event
+at all and callers need no `None` checks; the attempt chain leaves its events link out
+entirely when `reporter.enabled` is false. What the events are lives in `pipeline.events`; how
+they reach observers in `pipeline._dispatch`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from pipeline._model import trusted_model
 from pipeline.events import (
@@ -25,7 +26,7 @@ from pipeline.events import (
 
 if TYPE_CHECKING:
     from pipeline._dispatch import EventDispatcher
-    from pipeline._invoke import Outcome
+    from pipeline._outcome import Outcome
     from pipeline.clock import Clock
     from pipeline.events import PipelineEvent
     from pipeline.plan import ExecutionPlan
@@ -37,6 +38,9 @@ class RunReporter:
     """Emits the events of one run, stamping each with the run id and the clock's time."""
 
     __slots__ = ("_bus", "_clock", "_started", "run_id")
+
+    enabled = True
+    """Events are built and delivered."""
 
     def __init__(self, bus: EventDispatcher, run_id: str, clock: Clock, started: float) -> None:
         self._bus = bus
@@ -153,3 +157,56 @@ class RunReporter:
             error=result.error,
             failed_stages=tuple(result.failed_stages),
         )
+
+
+@final
+class NullReporter:
+    """The reporter of a run nobody observes: every method does nothing."""
+
+    __slots__ = ()
+
+    enabled = False
+    """No event is built."""
+    run_id = None
+    """Unobserved runs have no run id."""
+
+    def run_started(self, name: str, plan: ExecutionPlan | None, scheduling: str) -> None:
+        """Nothing."""
+
+    def wave_started(self, wave: int, stage_ids: tuple[str, ...]) -> None:
+        """Nothing."""
+
+    def stage_started(self, stage_id: str, wave: int, items: int | None) -> None:
+        """Nothing."""
+
+    def attempt_started(self, stage_id: str, item: int | None, attempt: int) -> None:
+        """Nothing."""
+
+    def attempt_failed(
+        self, stage_id: str, item: int | None, attempt: int, outcome: Outcome, *, will_retry: bool
+    ) -> None:
+        """Nothing."""
+
+    def retry_scheduled(
+        self, stage_id: str, item: int | None, attempt: int, delay_s: float
+    ) -> None:
+        """Nothing."""
+
+    def cache_hit(self, stage_id: str, item: int | None, key: str | None) -> None:
+        """Nothing."""
+
+    def item_finished(self, stage_id: str, item: int, outcome: Outcome) -> None:
+        """Nothing."""
+
+    def stage_finished(self, record: StageRun) -> None:
+        """Nothing."""
+
+    def run_finished(self, result: PipelineResult) -> None:
+        """Nothing."""
+
+
+NULL_REPORTER: Final = NullReporter()
+"""The one do-nothing reporter every unobserved run shares."""
+
+Reporter = RunReporter | NullReporter
+"""What the run state and the attempt chain report to."""

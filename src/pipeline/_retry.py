@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from tenacity import RetryCallState
 
-    from pipeline._invoke import Outcome
+    from pipeline._outcome import Outcome
     from pipeline.clock import Clock
     from pipeline.definition import RetryConfig
 

@@ -1,6 +1,10 @@
-"""Structural checks of a pipeline definition, returned as `ValidationIssue`s.
+"""Validation as rules: each checks the definition (and optionally the executor's facts).
 
-Pure: it reads stage definitions and imports nothing that runs. Raising is the caller's choice.
+A rule is a function returning `ValidationIssue`s: a `StageRule` looks at one stage, a
+`GraphRule` at the whole definition. The definition's own rules are `DEFINITION_RULES`; the
+executor adds rules about what it provides (runners, later resources and types) through the
+same `run_rules`. Pure: it reads definitions and imports nothing that runs; raising is the
+caller's choice.
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ import difflib
 import graphlib
 import inspect
 from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from pipeline.errors import ValidationIssue
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Iterator, Sequence
 
     from pipeline.definition import StageDefinition
 
@@ -33,113 +39,160 @@ MAX_CYCLE_SHOWN: Final = 12
 """A longer cycle is shown by its first and last stages; `ValidationIssue.cycle` has all."""
 
 
-def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
-    """Every structural problem of `stages`, in a stable order."""
-    from pipeline.definition import ExecutionPattern  # avoids an import cycle
+@dataclass(slots=True)
+class Scope:
+    """What the rules of one validation look at: the stages, their ids, the executor's facts."""
 
-    issues: list[ValidationIssue] = []
-    if not stages:
-        issues.append(
-            ValidationIssue(
-                code="empty_pipeline",
-                stage_id=None,
-                message="pipeline has no stages; add at least one StageDefinition",
+    stages: Sequence[StageDefinition]
+    known: set[str]
+    runners: Collection[str] | None = None
+    """The executor's runner names; None when only the definition is validated."""
+    suggestions_left: int = 0
+
+
+StageRule = Callable[["StageDefinition", Scope], Iterable[ValidationIssue]]
+"""A check of one stage; it may read the whole scope."""
+GraphRule = Callable[[Scope], Iterable[ValidationIssue]]
+"""A check of the definition as a whole."""
+
+
+def _duplicates(scope: Scope) -> Iterator[ValidationIssue]:
+    counts = Counter(s.id for s in scope.stages)
+    for sid, n in counts.items():
+        if n > 1:
+            yield ValidationIssue(
+                code="duplicate_id",
+                stage_id=sid,
+                message=f"Duplicate stage IDs: {sid!r} ({n} stages); stage ids must be unique",
             )
+
+
+def _unknown_inputs(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]:
+    for dep in s.inputs:
+        if dep in scope.known:
+            continue
+        hint = "; inputs must name stages of this pipeline"
+        if scope.suggestions_left > 0:
+            scope.suggestions_left -= 1
+            close = difflib.get_close_matches(dep, scope.known, n=3)
+            if close:
+                hint = f"; did you mean {' or '.join(map(repr, close))}?"
+        yield ValidationIssue(
+            code="unknown_input",
+            stage_id=s.id,
+            message=f"Stage {s.id!r} depends on unknown stage {dep!r}{hint}",
         )
-        return tuple(issues)
 
-    counts = Counter(s.id for s in stages)
-    issues.extend(
-        ValidationIssue(
-            code="duplicate_id",
-            stage_id=sid,
-            message=f"Duplicate stage IDs: {sid!r} ({n} stages); stage ids must be unique",
+
+def _fan_out_inputs(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]:
+    if s.pattern == "fan_out" and len(s.inputs) > 1:
+        yield ValidationIssue(
+            code="fan_out_inputs",
+            stage_id=s.id,
+            message=(
+                f"FAN_OUT stage {s.id!r} has {len(s.inputs)} inputs; a fan-out maps "
+                "over one list, so give it exactly one input (or none)"
+            ),
         )
-        for sid, n in counts.items()
-        if n > 1
-    )
-    known = set(counts)
-    suggestions_left = MAX_SUGGESTED if len(known) <= MAX_IDS_FOR_SUGGESTIONS else 0
-    for s in stages:
-        for dep in s.inputs:
-            if dep in known:
-                continue
-            hint = "; inputs must name stages of this pipeline"
-            if suggestions_left > 0:
-                suggestions_left -= 1
-                close = difflib.get_close_matches(dep, known, n=3)
-                if close:
-                    hint = f"; did you mean {' or '.join(map(repr, close))}?"
-            issues.append(
-                ValidationIssue(
-                    code="unknown_input",
-                    stage_id=s.id,
-                    message=f"Stage {s.id!r} depends on unknown stage {dep!r}{hint}",
-                )
-            )
-        if s.pattern is ExecutionPattern.FAN_OUT and len(s.inputs) > 1:
-            issues.append(
-                ValidationIssue(
-                    code="fan_out_inputs",
-                    stage_id=s.id,
-                    message=(
-                        f"FAN_OUT stage {s.id!r} has {len(s.inputs)} inputs; a fan-out maps "
-                        "over one list, so give it exactly one input (or none)"
-                    ),
-                )
-            )
-        if s.pattern is ExecutionPattern.CONDITIONAL and s.condition is None:
-            issues.append(
-                ValidationIssue(
-                    code="missing_condition",
-                    stage_id=s.id,
-                    message=(
-                        f"CONDITIONAL stage {s.id!r} has no condition; pass "
-                        "condition=lambda ctx: ... or use another pattern"
-                    ),
-                )
-            )
-        execute = getattr(s.stage, "execute", None)
-        if not callable(execute) or not inspect.iscoroutinefunction(execute):
-            what = "no execute method" if execute is None else "an execute that is not async"
-            issues.append(
-                ValidationIssue(
-                    code="invalid_stage",
-                    stage_id=s.id,
-                    message=(
-                        f"stage {s.id!r} object {type(s.stage).__name__} has {what}; stages "
-                        "need `async def execute(self, input, context) -> StageResult`"
-                    ),
-                )
-            )
 
+
+def _missing_condition(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]:
+    if s.pattern == "conditional" and s.condition is None:
+        yield ValidationIssue(
+            code="missing_condition",
+            stage_id=s.id,
+            message=(
+                f"CONDITIONAL stage {s.id!r} has no condition; pass "
+                "condition=lambda ctx: ... or use another pattern"
+            ),
+        )
+
+
+def _stage_object(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]:
+    execute = getattr(s.stage, "execute", None)
+    if not callable(execute) or not inspect.iscoroutinefunction(execute):
+        what = "no execute method" if execute is None else "an execute that is not async"
+        yield ValidationIssue(
+            code="invalid_stage",
+            stage_id=s.id,
+            message=(
+                f"stage {s.id!r} object {type(s.stage).__name__} has {what}; stages "
+                "need `async def execute(self, input, context) -> StageResult`"
+            ),
+        )
+
+
+def _cycles(scope: Scope) -> Iterator[ValidationIssue]:
     sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
-    for s in stages:
-        sorter.add(s.id, *(d for d in s.inputs if d in known))
+    for s in scope.stages:
+        sorter.add(s.id, *(d for d in s.inputs if d in scope.known))
     try:
         sorter.prepare()
     except graphlib.CycleError as exc:
         cycle = tuple(reversed(exc.args[1]))  # graphlib lists it against the edges' direction
-        issues.append(
-            ValidationIssue(
-                code="cycle",
-                stage_id=cycle[0],
-                message=(
-                    f"Circular dependency detected: {_cycle_text(cycle)}; "
-                    "remove one of these inputs"
-                ),
-                cycle=cycle,
-            )
+        yield ValidationIssue(
+            code="cycle",
+            stage_id=cycle[0],
+            message=(
+                f"Circular dependency detected: {_cycle_text(cycle)}; remove one of these inputs"
+            ),
+            cycle=cycle,
         )
-    if not any(not s.inputs for s in stages):
-        issues.append(
+
+
+def _entry_points(scope: Scope) -> Iterator[ValidationIssue]:
+    if not any(not s.inputs for s in scope.stages):
+        yield ValidationIssue(
+            code="no_entry_points",
+            stage_id=None,
+            message="pipeline has no entry point; at least one stage must have no inputs",
+        )
+
+
+DEFINITION_RULES: Final[
+    tuple[tuple[GraphRule, ...], tuple[StageRule, ...], tuple[GraphRule, ...]]
+] = (
+    (_duplicates,),
+    (_unknown_inputs, _fan_out_inputs, _missing_condition, _stage_object),
+    (_cycles, _entry_points),
+)
+"""The definition's own rules: whole-graph rules first, then per stage, then whole-graph again
+(the order of the messages users see)."""
+
+
+def run_rules(
+    scope: Scope,
+    before: Iterable[GraphRule],
+    per_stage: Sequence[StageRule],
+    after: Iterable[GraphRule],
+) -> list[ValidationIssue]:
+    """The issues of every rule, in rule order (per-stage rules stage by stage)."""
+    issues: list[ValidationIssue] = []
+    for graph_rule in before:
+        issues.extend(graph_rule(scope))
+    if per_stage:
+        for s in scope.stages:
+            for stage_rule in per_stage:
+                issues.extend(stage_rule(s, scope))
+    for graph_rule in after:
+        issues.extend(graph_rule(scope))
+    return issues
+
+
+def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
+    """Every structural problem of `stages`, in a stable order."""
+    if not stages:
+        return (
             ValidationIssue(
-                code="no_entry_points",
+                code="empty_pipeline",
                 stage_id=None,
-                message="pipeline has no entry point; at least one stage must have no inputs",
-            )
+                message="pipeline has no stages; add at least one StageDefinition",
+            ),
         )
-    return tuple(issues)
+    known = {s.id for s in stages}
+    budget = MAX_SUGGESTED if len(known) <= MAX_IDS_FOR_SUGGESTIONS else 0
+    scope = Scope(stages, known, suggestions_left=budget)
+    return tuple(run_rules(scope, *DEFINITION_RULES))
 
 
 def _cycle_text(cycle: tuple[str, ...]) -> str:

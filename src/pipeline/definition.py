@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, final
 
 from pipeline._validation import collect_issues
 from pipeline.errors import DefinitionError, PipelineValidationError
+from pipeline.plan import build_plan
 
 if TYPE_CHECKING:
     from pipeline.context import PipelineContext
@@ -182,6 +183,9 @@ class StageDefinition:
         cache_version: Part of the cache key: change it to invalidate old entries.
         cache_code_fingerprint: Also key on the source of the stage's class, so editing the
             code invalidates its entries.
+        runner: The name of the runner its attempts run on (`"inline"`, `"threads"` or one
+            given to `PipelineExecutor(runners=...)`). None: `"threads"` for a sync function
+            stage, `"inline"` otherwise.
     """
 
     id: str
@@ -200,6 +204,7 @@ class StageDefinition:
     cache: bool = True
     cache_version: str | int = 0
     cache_code_fingerprint: bool = False
+    runner: str | None = None
 
     def __post_init__(self) -> None:
         own = f"StageDefinition {self.id!r}"
@@ -255,6 +260,11 @@ class StageDefinition:
         for flag in ("critical", "cache", "cache_code_fingerprint"):
             _check_bool(own, flag, getattr(self, flag))
         _check_text(own, "description", self.description)
+        runner: object = self.runner
+        _require(
+            runner is None or (isinstance(runner, str) and bool(runner.strip())),
+            own, "runner", f"is {runner!r}", 'name a runner such as "threads", or pass None',
+        )  # fmt: skip
         version: object = self.cache_version
         _require(
             isinstance(version, str) or _is_int(version),
@@ -337,7 +347,5 @@ class PipelineDefinition:
     @functools.cached_property
     def plan(self) -> ExecutionPlan:
         """The execution plan (waves, predecessors, successors); validates first."""
-        from pipeline.plan import build_plan  # plan imports this module
-
         self.validate()
         return build_plan(self.stages)

@@ -23,8 +23,10 @@ import anyio.lowlevel
 
 from pipeline._cancel import raise_unless_stray
 from pipeline._dispatch import EventDispatcher, new_run_id
-from pipeline._invoke import Outcome, invoke_stage
-from pipeline._reporter import RunReporter
+from pipeline._env import RunEnv, current_stage
+from pipeline._invoke import invoke_stage
+from pipeline._outcome import Outcome
+from pipeline._reporter import NULL_REPORTER, RunReporter
 from pipeline._run import RunState, Scheduling
 from pipeline._text import exception_text, format_ms
 from pipeline.cache._serialize import JsonSerializer
@@ -32,21 +34,26 @@ from pipeline.cache._step import CacheTally
 from pipeline.clock import SystemClock, current_clock
 from pipeline.context import PipelineContext
 from pipeline.definition import ExecutionPattern
-from pipeline.errors import DefinitionError
+from pipeline.errors import DefinitionError, PipelineValidationError
 from pipeline.result import (
     PipelineResult,
     StageResult,
 )
+from pipeline.runners import INLINE, THREADS, InlineRunner, ThreadRunner
+from pipeline.runners._rules import runner_issues
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
+    from pipeline._reporter import Reporter
     from pipeline.cache._serialize import Serializer
     from pipeline.cache._store import CacheStore
     from pipeline.clock import Clock
     from pipeline.context import CancelToken
     from pipeline.definition import PipelineDefinition
+    from pipeline.errors import ValidationIssue
     from pipeline.events import Observer
+    from pipeline.runners import Runner
 
 TOKEN_POLL_S = 0.02
 """How often a cancel token that cannot be awaited (not an `anyio.Event`) is checked."""
@@ -72,6 +79,8 @@ class PipelineExecutor:
         observers: Objects with `on_event(event)` (sync or async) receiving every
             `pipeline.events` event of each run; an observer that raises is logged and ignored.
             With none, no event is even built.
+        runners: More `pipeline.runners.Runner`s by name, for `StageDefinition(runner=...)`.
+            `"inline"` (the event loop) and `"threads"` (worker threads) are always there.
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class PipelineExecutor:
         cache: CacheStore | None = None,
         cache_serializer: Serializer | None = None,
         observers: Iterable[Observer] = (),
+        runners: Mapping[str, Runner] | None = None,
     ) -> None:
         if scheduling not in ("waves", "eager"):
             raise DefinitionError(
@@ -100,6 +110,31 @@ class PipelineExecutor:
             cache_serializer if cache_serializer is not None else JsonSerializer()
         )
         self.observers: tuple[Observer, ...] = tuple(observers)
+        self.runners: dict[str, Runner] = {INLINE: InlineRunner(), THREADS: ThreadRunner()}
+        for name, runner in (runners or {}).items():
+            key: object = name  # runtime check for callers without a type checker
+            if not isinstance(key, str) or not callable(getattr(runner, "run", None)):
+                raise DefinitionError(
+                    "PipelineExecutor", f"runners[{name!r}]", f"is {runner!r}",
+                    "map names to runner objects with an async run(stage, input, context)",
+                )  # fmt: skip
+            self.runners[name] = runner
+
+    def validate(self, pipeline: PipelineDefinition) -> None:
+        """Raise `PipelineValidationError` for every problem `execute` would report.
+
+        That is the definition's own problems plus what this executor must provide for it
+        (runners named by stages). Nothing runs.
+        """
+        issues = self._issues(pipeline)
+        if issues:
+            raise PipelineValidationError(pipeline.name, issues)
+
+    def _issues(self, pipeline: PipelineDefinition) -> tuple[ValidationIssue, ...]:
+        own = pipeline.issues
+        if own:
+            return own
+        return runner_issues(pipeline.stages, self.runners)
 
     async def execute(
         self,
@@ -149,7 +184,9 @@ class PipelineExecutor:
         bus: EventDispatcher | None,
     ) -> PipelineResult:
         if bus is None:
-            return await self._execute(pipeline, initial_input, ctx, started, deadline, None)
+            return await self._execute(
+                pipeline, initial_input, ctx, started, deadline, NULL_REPORTER
+            )
         async with bus.running():
             reporter = RunReporter(bus, new_run_id(), self.clock, started)
             return await self._execute(pipeline, initial_input, ctx, started, deadline, reporter)
@@ -161,14 +198,23 @@ class PipelineExecutor:
         ctx: PipelineContext[Any],
         started: float,
         deadline: anyio.CancelScope | None,
-        reporter: RunReporter | None,
+        reporter: Reporter,
     ) -> PipelineResult:
-        if pipeline.issues:
-            result = self._invalid(pipeline, ctx, reporter)
-            if reporter is not None:
-                reporter.run_started(pipeline.name, None, self.scheduling)
-                reporter.run_finished(result)
+        issues = self._issues(pipeline)
+        if issues:
+            result = self._invalid(pipeline, issues, ctx, reporter)
+            reporter.run_started(pipeline.name, None, self.scheduling)
+            reporter.run_finished(result)
             return result
+        env = RunEnv(
+            clock=self.clock,
+            reporter=reporter,
+            pipeline_name=pipeline.name,
+            runners=self.runners,
+            store=self.cache,
+            serializer=self.cache_serializer,
+            tally=None if self.cache is None else CacheTally(),
+        )
         remove_listener: Callable[[], None] | None = None
         run: RunState | None = None
         try:
@@ -177,22 +223,17 @@ class PipelineExecutor:
                     definition=pipeline,
                     plan=pipeline.plan,
                     context=ctx,
-                    clock=self.clock,
+                    env=env,
                     eager=self.scheduling == "eager",
                     initial_input=initial_input,
                     started=started,
                     tg=tg,
                     task=self._stage_task,
-                    reporter=reporter,
-                    store=self.cache,
-                    serializer=self.cache_serializer,
-                    cache_tally=None if self.cache is None else CacheTally(),
                 )
                 remove_listener = ctx._add_cancel_listener(self._cancel_listener(run))
-                if reporter is not None:
-                    reporter.run_started(pipeline.name, run.plan, self.scheduling)
-                    if not run.eager:
-                        reporter.wave_started(0, run.plan.waves[0])
+                reporter.run_started(pipeline.name, run.plan, self.scheduling)
+                if not run.eager:
+                    reporter.wave_started(0, run.plan.waves[0])
                 if deadline is not None:
                     tg.start_soon(self._pipeline_timeout, run, deadline)
                 token = ctx.cancel_token
@@ -205,7 +246,7 @@ class PipelineExecutor:
         except BaseException:
             # The caller was cancelled (or a stage raised KeyboardInterrupt): observers still
             # get every stage's end and RunFinished, so no span or progress bar stays open.
-            if reporter is not None and run is not None:
+            if reporter.enabled and run is not None:
                 run.abandon("execute() was cancelled by its caller")
                 reporter.run_finished(run.build(self.scheduling))
             raise
@@ -216,8 +257,7 @@ class PipelineExecutor:
         run.fail_lost()
         run.settle_unfinished()
         result = run.build(self.scheduling)
-        if reporter is not None:
-            reporter.run_finished(result)
+        reporter.run_finished(result)
         return result
 
     def run_sync(
@@ -249,7 +289,8 @@ class PipelineExecutor:
         The task's cancel scope is each of its stages' scope in turn (one stage at a time), so
         a chain pays for one scope, not one per stage.
         """
-        clock, ctx, reporter = run.clock, run.context, run.reporter
+        env, ctx = run.env, run.context
+        clock, reporter = env.clock, env.reporter
         scope = run.in_flight[sid]
         if scope.cancel_called:
             # The run stopped between `start_soon` and now: the stage never started, and
@@ -265,13 +306,14 @@ class PipelineExecutor:
                 sdef = run.stages[sid]
                 cache = run.caches.get(sid) if run.caches else None
                 value = run.input_of(sdef)
-                if reporter is not None:
+                if reporter.enabled:
                     items = None
                     if sdef.pattern is ExecutionPattern.FAN_OUT and isinstance(value, list | tuple):
                         items = len(value)
                     reporter.stage_started(sid, run.plan.wave_of[sid], items)
+                current_stage.set((env, sid))  # this task's own context: no reset needed
                 try:
-                    outcome = await invoke_stage(sdef, value, ctx, clock, cache, reporter)
+                    outcome = await invoke_stage(sdef, value, ctx, env, cache)
                 except anyio.get_cancelled_exc_class() as exc:
                     # Stray cancellations inside the stage are its failure already; one from
                     # elsewhere (a cache store, an observer) must not pass for a clean stop.
@@ -335,9 +377,13 @@ class PipelineExecutor:
         return on_cancel
 
     def _invalid(
-        self, pipeline: PipelineDefinition, ctx: PipelineContext[Any], reporter: RunReporter | None
+        self,
+        pipeline: PipelineDefinition,
+        issues: tuple[ValidationIssue, ...],
+        ctx: PipelineContext[Any],
+        reporter: Reporter,
     ) -> PipelineResult:
-        messages = pipeline.validate_pipeline()
+        messages = [issue.message for issue in issues]
         metadata = ctx.metrics_snapshot()
         metadata["validation_errors"] = messages
         return PipelineResult.model_construct(
@@ -353,7 +399,7 @@ class PipelineExecutor:
             cancelled_stages=[],
             total_duration_ms=0.0,
             stage_runs={},
-            run_id=None if reporter is None else reporter.run_id,
+            run_id=reporter.run_id,
         )
 
 

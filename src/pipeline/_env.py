@@ -1,0 +1,56 @@
+"""`RunEnv`: everything one run's invocations need besides the stage, as one frozen value.
+
+The clock, the reporter (a do-nothing one when nobody observes), the cache of the run and the
+runners travel together instead of positionally through every step; the slots for resources
+and middleware are where flow control plugs in. `current_stage` tells code running inside a
+stage (`context.acquire()`, `context.step()`) which run and stage it belongs to.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.cache._step import StageCache
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from pipeline._reporter import Reporter
+    from pipeline.cache._serialize import Serializer
+    from pipeline.cache._step import CacheTally
+    from pipeline.cache._store import CacheStore
+    from pipeline.clock import Clock
+    from pipeline.definition import StageDefinition
+    from pipeline.runners import Runner
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RunEnv:
+    """The fixed environment of one run (built by the executor, read by every invocation)."""
+
+    clock: Clock
+    reporter: Reporter
+    pipeline_name: str
+    runners: Mapping[str, Runner]
+    store: CacheStore | None = None
+    serializer: Serializer | None = None
+    tally: CacheTally | None = None
+    middleware: tuple[Any, ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+    def cache_for(self, sdef: StageDefinition) -> StageCache | None:
+        """The cache step of `sdef` in this run, or None when it is not cached."""
+        if self.store is None or not sdef.cache:
+            return None
+        assert self.serializer is not None  # set together with the store
+        assert self.tally is not None
+        return StageCache(sdef, self.store, self.serializer, self.tally, self.pipeline_name)
+
+
+current_stage: ContextVar[tuple[RunEnv, str] | None] = ContextVar(
+    "pipeline_current_stage", default=None
+)
+"""The run and stage id the running code belongs to (set as each stage starts; fan-out item
+tasks inherit it)."""

@@ -1,0 +1,121 @@
+"""The `Runner` protocol and the two runners every executor has: inline and worker threads.
+
+What an attempt *is* (events, timeout, converting errors into failures) lives in
+`pipeline._attempt`; a runner is only the last step, the call of the stage's body.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from pipeline.functions import FunctionStage
+from pipeline.result import StageResult
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pipeline.context import PipelineContext
+    from pipeline.protocol import PipelineStage
+
+INLINE: Final = "inline"
+"""The name of the event-loop runner, the default for stages with an async `execute`."""
+THREADS: Final = "threads"
+"""The name of the worker-thread runner, the default for sync function stages."""
+
+
+class Runner(Protocol):
+    """Runs one attempt of a stage somewhere: on the event loop, in a thread, elsewhere.
+
+    `run` returns what the stage's `execute` returns (normally a `StageResult`) or raises what
+    it raised; the executor turns both into the attempt's outcome. Cancelling the awaiting task
+    must stop waiting for the work (stopping the work itself is best effort).
+    """
+
+    async def run(
+        self, stage: PipelineStage[Any, Any], input: Any, context: PipelineContext[Any]
+    ) -> Any:
+        """Run `stage` once on `input`."""
+        ...
+
+
+def sync_body(stage: object) -> Callable[[Any, PipelineContext[Any]], Any] | None:
+    """The blocking function of a sync function stage (`FunctionStage.fn`), else None."""
+    if isinstance(stage, FunctionStage) and not stage.is_async:
+        return stage.fn
+    return None
+
+
+def default_runner_name(stage: object) -> str:
+    """`"threads"` for a sync function stage, `"inline"` for everything else."""
+    return THREADS if sync_body(stage) is not None else INLINE
+
+
+@final
+class InlineRunner:
+    """Awaits `stage.execute` on the event loop: no hop, no copy (the default for async stages).
+
+    A sync function stage cannot run inline (it would block the loop); validation says so.
+    """
+
+    async def run(
+        self, stage: PipelineStage[Any, Any], input: Any, context: PipelineContext[Any]
+    ) -> Any:
+        """`await stage.execute(input, context)`."""
+        return await stage.execute(input, context)
+
+    def __repr__(self) -> str:
+        return "InlineRunner()"
+
+
+@final
+class ThreadRunner:
+    """Runs a sync function stage's function in an anyio worker thread.
+
+    A thread cannot be interrupted: on a timeout or cancellation the run waits for the function
+    to return, then discards its result (the stage's `abandon_on_cancel=True` stops waiting at
+    once and leaves the thread running in the background). An async stage sent here runs under
+    its own event loop (`anyio.run`) in the worker thread; it then must not await the run's
+    clock or objects bound to the run's event loop.
+
+    Args:
+        limiter: The `anyio.CapacityLimiter` bounding the threads in use (default: anyio's
+            default limiter, 40 threads).
+    """
+
+    def __init__(self, *, limiter: anyio.CapacityLimiter | None = None) -> None:
+        self.limiter = limiter
+
+    async def run(
+        self, stage: PipelineStage[Any, Any], input: Any, context: PipelineContext[Any]
+    ) -> Any:
+        """Call the stage's blocking body (or `anyio.run` its `execute`) in a worker thread."""
+        body = sync_body(stage)
+        if body is not None:
+            abandon = bool(getattr(stage, "abandon_on_cancel", False))
+            returned = await anyio.to_thread.run_sync(
+                body, input, context, abandon_on_cancel=abandon, limiter=self.limiter
+            )
+            # A cancel (timeout) that arrived while the thread ran is delivered now, so a late
+            # result is reported as the timeout it was rather than as a success.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if inspect.isawaitable(returned):  # a sync callable that hands back a coroutine
+                returned = await returned
+            return returned if isinstance(returned, StageResult) else StageResult.success(returned)
+        return await anyio.to_thread.run_sync(
+            _run_on_own_loop, stage, input, context, limiter=self.limiter
+        )
+
+    def __repr__(self) -> str:
+        return "ThreadRunner()"
+
+
+def _run_on_own_loop(stage: PipelineStage[Any, Any], input: Any, context: Any) -> Any:
+    async def main() -> Any:
+        return await stage.execute(input, context)
+
+    return anyio.run(main)
