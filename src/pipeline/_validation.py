@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from pipeline._graph import scan
 from pipeline.errors import ValidationIssue
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator, Sequence
 
+    from pipeline._graph import Graph
     from pipeline.definition import StageDefinition
 
 
@@ -48,6 +50,8 @@ class Scope:
     runners: Collection[str] | None = None
     """The executor's runner names; None when only the definition is validated."""
     suggestions_left: int = 0
+    acyclic: bool = False
+    """Known already (the shared graph scan found waves for every stage)."""
 
 
 StageRule = Callable[["StageDefinition", Scope], Iterable[ValidationIssue]]
@@ -109,8 +113,8 @@ def _missing_condition(s: StageDefinition, scope: Scope) -> Iterator[ValidationI
 
 
 def _stage_object(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]:
-    execute = getattr(s.stage, "execute", None)
-    if not callable(execute) or not inspect.iscoroutinefunction(execute):
+    if not _has_async_execute(s.stage):
+        execute = getattr(s.stage, "execute", None)
         what = "no execute method" if execute is None else "an execute that is not async"
         yield ValidationIssue(
             code="invalid_stage",
@@ -123,6 +127,9 @@ def _stage_object(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]
 
 
 def _cycles(scope: Scope) -> Iterator[ValidationIssue]:
+    if scope.acyclic:
+        return
+    # Only an invalid definition gets here: graphlib finds a cycle's path for the message.
     sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
     for s in scope.stages:
         sorter.add(s.id, *(d for d in s.inputs if d in scope.known))
@@ -179,8 +186,14 @@ def run_rules(
     return issues
 
 
-def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, ...]:
-    """Every structural problem of `stages`, in a stable order."""
+def collect_issues(
+    stages: Sequence[StageDefinition], graph: Graph | None = None
+) -> tuple[ValidationIssue, ...]:
+    """Every structural problem of `stages`, in a stable order.
+
+    A well-formed definition costs one cheap pass (plus `graph`, the scan the plan reuses);
+    the rules, which build messages, run only when that pass finds something wrong.
+    """
     if not stages:
         return (
             ValidationIssue(
@@ -190,9 +203,48 @@ def collect_issues(stages: Sequence[StageDefinition]) -> tuple[ValidationIssue, 
             ),
         )
     known = {s.id for s in stages}
+    if graph is None:
+        graph = scan(stages)
+    if (
+        len(known) == len(stages)
+        and graph.wave_of is not None
+        and all(_looks_fine(s, known) for s in stages)
+    ):
+        return ()
     budget = MAX_SUGGESTED if len(known) <= MAX_IDS_FOR_SUGGESTIONS else 0
-    scope = Scope(stages, known, suggestions_left=budget)
+    # With duplicate ids the scan's answer is about a different graph: let graphlib decide.
+    acyclic = graph.wave_of is not None and len(known) == len(stages)
+    scope = Scope(stages, known, suggestions_left=budget, acyclic=acyclic)
     return tuple(run_rules(scope, *DEFINITION_RULES))
+
+
+def _looks_fine(s: StageDefinition, known: set[str]) -> bool:
+    """What every per-stage rule accepts, checked without building a message."""
+    n = len(s.inputs)
+    return (
+        (n == 0 or all(d in known for d in s.inputs))
+        and not (n > 1 and s.pattern == "fan_out")
+        and not (s.condition is None and s.pattern == "conditional")
+        and _has_async_execute(s.stage)
+    )
+
+
+_async_execute: dict[type[object], bool] = {}
+
+
+def _has_async_execute(stage: object) -> bool:
+    """`stage.execute` is an `async def` (answered once per class unless an instance overrides)."""
+    cls = type(stage)
+    own = getattr(stage, "__dict__", None)
+    if own is None or "execute" not in own:
+        known = _async_execute.get(cls)
+        if known is not None:
+            return known
+    execute = getattr(stage, "execute", None)
+    answer = callable(execute) and inspect.iscoroutinefunction(execute)
+    if own is None or "execute" not in own:
+        _async_execute[cls] = answer
+    return answer
 
 
 def _cycle_text(cycle: tuple[str, ...]) -> str:

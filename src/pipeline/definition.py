@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard, final
 
+from pipeline._graph import Graph, scan
 from pipeline._validation import collect_issues
 from pipeline.errors import DefinitionError, PipelineValidationError
 from pipeline.plan import build_plan
@@ -62,6 +63,10 @@ def _check_bool(owner: str, name: str, value: object) -> None:
         "use True or False"
         + (" (any non-empty str, even 'false', is truthy)" if isinstance(value, str) else ""),
     )  # fmt: skip
+
+
+def _positive_ms(value: object) -> bool:
+    return _is_number(value) and math.isfinite(value) and value > 0
 
 
 def _check_text(owner: str, name: str, value: object) -> None:
@@ -207,6 +212,36 @@ class StageDefinition:
     runner: str | None = None
 
     def __post_init__(self) -> None:
+        inputs: object = self.inputs
+        if type(inputs) is not tuple and isinstance(inputs, list):
+            object.__setattr__(self, "inputs", inputs := tuple(inputs))
+        # The common case costs ~1 us: every check below as one cheap expression. Only when it
+        # fails do the detailed checks run (they build the message of the first problem found),
+        # so a well-formed definition never formats an error text (it cost ~6 us a stage).
+        f: Any = self  # runtime checks for callers without a type checker
+        if (
+            type(f.id) is str
+            and f.id.strip()
+            and type(inputs) is tuple
+            and all(type(d) is str for d in inputs)
+            and type(f.pattern) is ExecutionPattern
+            and not isinstance(f.stage, type)
+            and (f.timeout_ms is None or _positive_ms(f.timeout_ms))
+            and (f.retry_config is None or type(f.retry_config) is RetryConfig)
+            and (f.max_concurrent_fan_out is None or _is_int(f.max_concurrent_fan_out))
+            and (f.max_concurrent_fan_out is None or f.max_concurrent_fan_out >= 0)
+            and (f.condition is None or callable(f.condition))
+            and type(f.critical) is bool
+            and type(f.cache) is bool
+            and type(f.cache_code_fingerprint) is bool
+            and (f.description is None or isinstance(f.description, str))
+            and (f.runner is None or (type(f.runner) is str and f.runner.strip()))
+            and (type(f.cache_version) is str or _is_int(f.cache_version))
+        ):
+            return
+        self._check_fields()
+
+    def _check_fields(self) -> None:
         own = f"StageDefinition {self.id!r}"
         sid: object = self.id
         _require(
@@ -314,9 +349,13 @@ class PipelineDefinition:
         _check_text(own, "description", self.description)
 
     @functools.cached_property
+    def _graph(self) -> Graph:
+        return scan(self.stages)
+
+    @functools.cached_property
     def issues(self) -> tuple[ValidationIssue, ...]:
         """Every problem with this definition, as structured items (empty when valid)."""
-        return collect_issues(self.stages)
+        return collect_issues(self.stages, self._graph)
 
     def validate_pipeline(self) -> list[str]:
         """Every problem with this definition, as messages (empty when valid)."""
@@ -348,4 +387,4 @@ class PipelineDefinition:
     def plan(self) -> ExecutionPlan:
         """The execution plan (waves, predecessors, successors); validates first."""
         self.validate()
-        return build_plan(self.stages)
+        return build_plan(self.stages, self._graph)

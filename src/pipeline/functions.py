@@ -1,7 +1,8 @@
 """Function stages: `@stage` and `FunctionStage` turn a function into a `PipelineStage`.
 
-A sync function runs in a worker thread. Retries, timeouts and fan-out stay the executor's job
-(`pipeline._invoke`); this module only adapts a function's call and return value.
+Where a function runs (event loop, worker thread, elsewhere) is the executor's runner's choice
+(`pipeline.runners`); retries, timeouts and fan-out are the executor's job too. This module
+only adapts a function's call and return value.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ class FunctionStage(Generic[InT, OutT]):
     """A `PipelineStage[InT, OutT]` made from a function `(input, context) -> output`.
 
     The function may be async or sync and may return a plain value (wrapped in
-    `StageResult.success`) or a `StageResult[OutT]` (returned as is). A sync function runs in
-    a worker thread through `anyio.to_thread.run_sync`, so it never blocks the event loop; its
-    calls to `context.set_state` / `add_metric` / `increment_metric` are thread-safe.
+    `StageResult.success`) or a `StageResult[OutT]` (returned as is). Where it runs is the
+    executor's choice, not the stage's: a sync function goes to the `"threads"` runner (an
+    anyio worker thread) unless `StageDefinition(runner=...)` says otherwise, so it never
+    blocks the event loop; calling `execute` directly (in a unit test) also runs a sync
+    function in a worker thread. Its calls to `context.set_state` / `add_metric` /
+    `increment_metric` are thread-safe.
 
     A thread cannot be interrupted. When a timeout or a cancellation hits a sync stage, by
     default the run waits for the function to return, then discards its result and reports the

@@ -1,18 +1,18 @@
 """The `ExecutionPlan`: a frozen value built once from a valid definition.
 
 Predecessors, successors and waves, printable and assertable without running anything
-(stdlib `graphlib` sorts). Running the plan is `pipeline.executor`'s job.
+(one Kahn pass, shared with validation). Running the plan is `pipeline.executor`'s job.
 """
 
 from __future__ import annotations
 
-import graphlib
 from typing import TYPE_CHECKING
 
-from pipeline._model import FrozenModel
+from pipeline._graph import Graph, scan
+from pipeline._model import FrozenModel, fast_model
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from pipeline.definition import StageDefinition
 
@@ -42,26 +42,55 @@ class ExecutionPlan(FrozenModel):
                     stack.append(succ)
         return tuple(s for s in self.order if s in seen)
 
+    def critical_path(self, durations: Mapping[str, float]) -> tuple[tuple[str, ...], float]:
+        """The chain of dependent stages with the largest total duration, and that total.
 
-def build_plan(stages: Sequence[StageDefinition]) -> ExecutionPlan:
-    """Build the plan of a *valid* list of stage definitions."""
-    predecessors = {s.id: tuple(s.inputs) for s in stages}
-    successors: dict[str, list[str]] = {s.id: [] for s in stages}
-    for s in stages:
-        for dep in dict.fromkeys(s.inputs):
-            successors[dep].append(s.id)
-    wave_of: dict[str, int] = {}
-    for sid in graphlib.TopologicalSorter(predecessors).static_order():
-        wave_of[sid] = 1 + max((wave_of[d] for d in predecessors[sid]), default=-1)
+        `durations` weighs each stage (a stage missing from it weighs 0, as one that never ran).
+        Among chains of equal total the one with more stages wins (so instant stages at the end
+        of a chain stay on it), then the first in plan order. `((), 0.0)` for an empty plan.
+        """
+        best: dict[str, tuple[float, int]] = {}  # (total, stages) of the best chain ending here
+        parent: dict[str, str | None] = {}
+        for sid in self.order:  # a topological order
+            via: str | None = None
+            for dep in self.predecessors[sid]:
+                if via is None or best[dep] > best[via]:
+                    via = dep
+            total, stages = best[via] if via is not None else (0.0, 0)
+            best[sid] = (total + durations.get(sid, 0.0), stages + 1)
+            parent[sid] = via
+        if not best:
+            return (), 0.0
+        end = max(best, key=best.__getitem__)  # max() keeps the first of equal values
+        path: list[str] = []
+        node: str | None = end
+        while node is not None:
+            path.append(node)
+            node = parent[node]
+        return tuple(reversed(path)), best[end][0]
+
+
+def build_plan(stages: Sequence[StageDefinition], graph: Graph | None = None) -> ExecutionPlan:
+    """Build the plan of a *valid* list of stage definitions (reusing `graph` if given)."""
+    if graph is None:
+        graph = scan(stages)
+    wave_of = graph.wave_of
+    assert wave_of is not None  # a valid definition has no cycle
     depth = 1 + max(wave_of.values(), default=-1)
     buckets: list[list[str]] = [[] for _ in range(depth)]
     for s in stages:  # definition order within each wave; O(stages), not O(stages * depth)
         buckets[wave_of[s.id]].append(s.id)
     waves = tuple(tuple(bucket) for bucket in buckets)
-    return ExecutionPlan(
-        order=tuple(sid for wave in waves for sid in wave),
-        waves=waves,
-        wave_of=wave_of,
-        predecessors=predecessors,
-        successors={k: tuple(v) for k, v in successors.items()},
+    # Built from a valid definition by the code above, so not validated again (that cost
+    # ~2 us a stage); tests/unit/test_model_bypass.py checks the bypass builds what validation
+    # would.
+    return fast_model(
+        ExecutionPlan,
+        {
+            "order": tuple(sid for wave in waves for sid in wave),
+            "waves": waves,
+            "wave_of": wave_of,
+            "predecessors": {s.id: tuple(s.inputs) for s in stages},
+            "successors": {k: tuple(v) for k, v in graph.successors.items()},
+        },
     )
