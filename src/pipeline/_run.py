@@ -52,7 +52,8 @@ class RunState:
     initial_input: Any
     started: float
     tg: TaskGroup
-    task: Callable[[RunState, str], Any]
+    task: Callable[[RunState], Any]
+    """The worker: takes queued stages (`take`) and runs them until none is left for it."""
     clock: Clock = field(init=False)
     stages: dict[str, StageDefinition] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
@@ -61,7 +62,12 @@ class RunState:
     current_wave: int = 0
     ready: deque[str] = field(default_factory=deque)
     ready_at: dict[str, float] = field(default_factory=dict)
-    in_flight: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    in_flight: set[str] = field(default_factory=set)
+    """Launched and not finished: queued for a worker, or running."""
+    queue: deque[str] = field(default_factory=deque)
+    """Launched stages no worker has taken yet."""
+    helper_pending: bool = False
+    """A worker was spawned and has not started yet (at most one at a time)."""
     blocked: set[str] = field(default_factory=set)
     results: dict[str, StageResult[Any]] = field(default_factory=dict)
     records: dict[str, StageRun] = field(default_factory=dict)
@@ -88,20 +94,23 @@ class RunState:
         if self.stop_kind is not None:
             return
         self.stop_kind, self.stop_reason = kind, reason
-        for scope in self.in_flight.values():
-            scope.cancel()
+        # Queued stages never start: they end as "not started", not as cancelled work.
+        self.in_flight.difference_update(self.queue)
+        self.queue.clear()
+        # One scope for the whole run instead of one per stage (a scope per stage cost ~3.8 us
+        # on W1): every worker is in the task group, so cancelling it cancels every stage in
+        # flight, and each worker records its own stage as cancelled on the way out.
+        self.tg.cancel_scope.cancel()
+        if not self.in_flight:
+            self.idle.set()
 
     # -- launching -----------------------------------------------------------------------------
-    def launch_ready(self, *, keep_scope: anyio.CancelScope | None = None) -> str | None:
-        """Start the ready stages in new tasks.
-
-        With `keep_scope` (the calling stage task's scope), one ready stage is returned for the
-        caller to run itself under that scope instead of in a new task.
-        """
+    def launch_ready(self) -> None:
+        """Queue the ready stages for the workers (skipping those an upstream failure blocks)."""
         ctx = self.context
         if self.stop_kind is None and ctx.is_cancelled():
             self.stop("cancelled", ctx.cancel_reason or "cancelled")
-        kept = None
+        released: list[str] = []
         while self.ready and self.stop_kind is None:
             sid = self.ready.popleft()
             if sid in self.blocked:
@@ -122,13 +131,33 @@ class RunState:
                 cache = self.env.cache_for(sdef)
                 if cache is not None:
                     self.caches[sid] = cache
-            if keep_scope is not None and kept is None:
-                kept = sid
-                self.in_flight[sid] = keep_scope
-            else:
-                self.in_flight[sid] = anyio.CancelScope()
-                self.tg.start_soon(self.task, self, sid)
-        return kept
+            self.in_flight.add(sid)
+            released.append(sid)
+        # Newly released stages go first, in order: the worker that released them runs the
+        # first one next (a chain stays in one task, depth first, as the stage that finished
+        # last is the freshest input), and helpers take the rest before older queued stages.
+        self.queue.extendleft(reversed(released))
+
+    def take(self) -> str | None:
+        """The next queued stage for the calling worker; None when none is left or it stopped.
+
+        Batched spawns: the worker that releases stages runs them itself, one after another,
+        and a helper worker is spawned only while more are queued. A helper starts when the
+        running worker first yields, so stages that never wait run in one task (W1: 2 tasks
+        for 202 stages instead of 201, about 10 us a stage), while each stage that does wait
+        lets the next helper start the next one, as concurrent as one task per stage.
+        """
+        if not self.queue or self.stop_kind is not None:
+            return None
+        sid = self.queue.popleft()
+        if self.queue and not self.helper_pending:
+            self.spawn_worker()
+        return sid
+
+    def spawn_worker(self) -> None:
+        """Start one more worker (it takes a queued stage when it starts)."""
+        self.helper_pending = True
+        self.tg.start_soon(self.task, self)
 
     def input_of(self, sdef: StageDefinition) -> Any:
         """No inputs: the initial input; one: its output; several: `{id: output}`."""
@@ -237,6 +266,7 @@ class RunState:
                 cancelled = StageResult.cancelled(reason, stage_name=sid)
                 self.finish(sid, Outcome(cancelled, attempts=0), None, now)
         self.in_flight.clear()
+        self.queue.clear()
         self.settle_unfinished()
 
     def fail_lost(self) -> None:
@@ -246,6 +276,8 @@ class RunState:
         stage could not see (a stray cancellation outside `execute`); anyio's task group then
         drops the task silently, and its stage must not pass for "not started".
         """
+        self.in_flight.difference_update(self.queue)  # never taken: "not started"
+        self.queue.clear()
         lost = [sid for sid in self.in_flight if sid not in self.results]
         if not lost:
             return

@@ -228,7 +228,7 @@ class PipelineExecutor:
                     initial_input=initial_input,
                     started=started,
                     tg=tg,
-                    task=self._stage_task,
+                    task=self._worker,
                 )
                 remove_listener = ctx._add_cancel_listener(self._cancel_listener(run))
                 reporter.run_started(pipeline.name, run.plan, self.scheduling)
@@ -241,6 +241,7 @@ class PipelineExecutor:
                     tg.start_soon(self._watch_token, run, token)
                 run.launch_ready()
                 if run.in_flight:
+                    run.spawn_worker()
                     await run.idle.wait()
                 tg.cancel_scope.cancel()  # the watchdogs, if any
         except BaseException:
@@ -283,26 +284,21 @@ class PipelineExecutor:
         return holder[0]
 
     # -- tasks -----------------------------------------------------------------------------------
-    async def _stage_task(self, run: RunState, sid: str) -> None:
-        """Run `sid`, then keep running one stage it released, until none is left for us.
+    async def _worker(self, run: RunState) -> None:
+        """Run queued stages one after another until none is left for this worker.
 
-        The task's cancel scope is each of its stages' scope in turn (one stage at a time), so
-        a chain pays for one scope, not one per stage.
+        A finishing stage releases its dependents into the queue and this worker carries on
+        with them; `RunState.take` spawns a helper while more are queued (see there). The run
+        has one cancel scope, its task group's: when the run stops, the stage running here is
+        recorded as cancelled on the way out.
         """
+        run.helper_pending = False
         env, ctx = run.env, run.context
         clock, reporter = env.clock, env.reporter
-        scope = run.in_flight[sid]
-        if scope.cancel_called:
-            # The run stopped between `start_soon` and now: the stage never started, and
-            # `settle_unfinished` records it so (a stage without a checkpoint would else run).
-            del run.in_flight[sid]
-            if not run.in_flight:
-                run.idle.set()
-            return
-        outcome: Outcome | None = None
-        t0 = clock.now()
-        with scope:
-            while True:
+        sid = run.take()
+        while sid is not None:
+            t0 = clock.now()
+            try:
                 sdef = run.stages[sid]
                 cache = run.caches.get(sid) if run.caches else None
                 value = run.input_of(sdef)
@@ -321,18 +317,22 @@ class PipelineExecutor:
                     outcome = Outcome(
                         StageResult.failure(exception_text(exc), stage_name=sid), 0, exc
                     )
-                t1 = clock.now()
-                del run.in_flight[sid]
-                run.finish(sid, outcome, t0, t1)
-                next_sid = run.launch_ready(keep_scope=scope)
-                if next_sid is None:
-                    break
-                sid, outcome, t0 = next_sid, None, clock.now()
-        if outcome is None:  # cancelled while `sid` ran
-            del run.in_flight[sid]
-            reason = run.stop_reason or "cancelled"
-            cancelled = Outcome(StageResult.cancelled(reason, stage_name=sid), 0)
-            run.finish(sid, cancelled, t0, clock.now())
+            except BaseException:
+                if run.stop_kind is not None:  # the run stopped: this stage was cut short
+                    run.in_flight.discard(sid)
+                    cancelled = StageResult.cancelled(
+                        run.stop_reason or "cancelled", stage_name=sid
+                    )
+                    run.finish(sid, Outcome(cancelled, 0), t0, clock.now())
+                    if not run.in_flight:
+                        run.idle.set()
+                # Otherwise the caller was cancelled (or an interrupt): `abandon` records it.
+                raise
+            t1 = clock.now()
+            run.in_flight.discard(sid)
+            run.finish(sid, outcome, t0, t1)
+            run.launch_ready()
+            sid = run.take()
         if not run.in_flight:
             run.idle.set()
 
