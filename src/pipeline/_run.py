@@ -281,13 +281,14 @@ class RunState:
         lost = [sid for sid in self.in_flight if sid not in self.results]
         if not lost:
             return
+        # Stopped first, so the run reports this reason whatever fail-fast would have said.
+        self.stop("cancelled", f"stage task(s) {lost} cancelled from outside the run")
         now = self.clock.now()
         for sid in lost:
             error = f"stage {sid!r}: its task was cancelled by something outside the run"
             failed = StageResult.failure(error, stage_name=sid)
             self.finish(sid, Outcome(failed, attempts=0), None, now)
         self.in_flight.clear()
-        self.stop("cancelled", f"stage task(s) {lost} cancelled from outside the run")
 
     def settle_unfinished(self) -> None:
         """Stages that never ran end as cancelled ("not started")."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import anyio
@@ -110,7 +112,7 @@ class PipelineExecutor:
             cache_serializer if cache_serializer is not None else JsonSerializer()
         )
         self.observers: tuple[Observer, ...] = tuple(observers)
-        self.runners: dict[str, Runner] = {INLINE: InlineRunner(), THREADS: ThreadRunner()}
+        named: dict[str, Runner] = {INLINE: InlineRunner(), THREADS: ThreadRunner()}
         for name, runner in (runners or {}).items():
             key: object = name  # runtime check for callers without a type checker
             if not isinstance(key, str) or not callable(getattr(runner, "run", None)):
@@ -118,7 +120,9 @@ class PipelineExecutor:
                     "PipelineExecutor", f"runners[{name!r}]", f"is {runner!r}",
                     "map names to runner objects with an async run(stage, input, context)",
                 )  # fmt: skip
-            self.runners[name] = runner
+            named[name] = runner
+        self.runners: Mapping[str, Runner] = MappingProxyType(named)
+        """The runners by name, fixed at construction (stages' attempt chains are built once)."""
 
     def validate(self, pipeline: PipelineDefinition) -> None:
         """Raise `PipelineValidationError` for every problem `execute` would report.
@@ -293,6 +297,9 @@ class PipelineExecutor:
         recorded as cancelled on the way out.
         """
         run.helper_pending = False
+        # A worker that starts after the caller was cancelled takes nothing: its queued stages
+        # stay in flight and end as cancelled with the caller's reason (not "not started").
+        await anyio.lowlevel.checkpoint_if_cancelled()
         env, ctx = run.env, run.context
         clock, reporter = env.clock, env.reporter
         sid = run.take()

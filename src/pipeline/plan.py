@@ -47,7 +47,8 @@ class ExecutionPlan(FrozenModel):
 
         `durations` weighs each stage (a stage missing from it weighs 0, as one that never ran).
         Among chains of equal total the one with more stages wins (so instant stages at the end
-        of a chain stay on it), then the first in plan order. `((), 0.0)` for an empty plan.
+        of a chain stay on it); a stage extends the input declared first among equals, and the
+        chain ending first in plan order wins among equal ends. `((), 0.0)` for an empty plan.
         """
         best: dict[str, tuple[float, int]] = {}  # (total, stages) of the best chain ending here
         parent: dict[str, str | None] = {}

@@ -496,3 +496,43 @@ async def test_a_stray_cancel_racing_a_fail_fast_stop_is_reported_as_cancelled_b
     assert result.stage_runs["b"].status is StageStatus.CANCELLED
     assert result.stage_runs["b"].started_ms == 0.0
     assert result.stage_runs["b"].error == "[CANCELLED] stage 'a' failed (fail_fast)"
+
+
+@on_both_backends
+async def test_a_stage_queued_for_a_worker_when_the_caller_cancels_is_cancelled() -> None:
+    """Batched spawns queue released stages for a worker; a queued one is in flight already.
+
+    When the caller's cancellation lands before a worker took it, observers see it end as
+    cancelled with the caller's reason, never as "not started" (a stage that was released).
+    """
+    from pipeline.events import StageFinished
+
+    finished: dict[str, str | None] = {}
+
+    class Collect:
+        def on_event(self, event: Any) -> None:
+            if isinstance(event, StageFinished):
+                finished[event.stage_id] = event.error
+
+    caller = anyio.CancelScope()
+
+    async def cancels_the_caller(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        caller.cancel()  # lands before the helper worker that would take "second" starts
+        await anyio.sleep_forever()
+        return StageResult.success("never")
+
+    second = const("never")
+    pipeline = PipelineDefinition(
+        "queued",
+        [
+            StageDefinition("src", const(1)),
+            StageDefinition("first", Fn(cancels_the_caller), inputs=["src"]),
+            StageDefinition("second", second, inputs=["src"]),
+        ],
+    )
+    with anyio.fail_after(5), caller:
+        await PipelineExecutor(observers=[Collect()]).execute(pipeline)
+    assert caller.cancelled_caught
+    reason = "[CANCELLED] execute() was cancelled by its caller"
+    assert finished["first"] == reason
+    assert finished["second"] == reason
