@@ -8,13 +8,19 @@ from pipeline.clock import Clock, SystemClock
 from pipeline.context import CancelToken, PipelineContext
 from pipeline.definition import ExecutionPattern, PipelineDefinition, RetryConfig, StageDefinition
 from pipeline.errors import (
+    CacheError,
     DefinitionError,
+    LoadError,
+    OverBudgetError,
     PipelineError,
     PipelineRunError,
     PipelineValidationError,
     StageError,
     StageOutputError,
     StageTimeoutError,
+    UncacheableOutputError,
+    UnfingerprintableError,
+    UsageError,
     ValidationIssue,
 )
 from pipeline.executor import PipelineExecutor
@@ -37,12 +43,15 @@ from pipeline.subpipeline import SubPipeline
 
 __all__ = [
     "AttemptRun",
+    "CacheError",
     "CancelToken",
     "Clock",
     "DefinitionError",
     "ExecutionPattern",
     "ExecutionPlan",
     "FunctionStage",
+    "LoadError",
+    "OverBudgetError",
     "PipelineContext",
     "PipelineDefinition",
     "PipelineError",
@@ -62,6 +71,9 @@ __all__ = [
     "StageTimeoutError",
     "SubPipeline",
     "SystemClock",
+    "UncacheableOutputError",
+    "UnfingerprintableError",
+    "UsageError",
     "ValidationIssue",
     "cancelled_result",
     "failure_result",

@@ -1,7 +1,8 @@
 """`EventDispatcher`: delivers a run's events to its observers without ever changing the run.
 
 What the events are lives in `pipeline.events`; the built-in observers in `pipeline.observers`.
-The executor decides *when* to emit; this module only decides *how* events reach observers.
+The run decides *when* to emit and `pipeline._reporter.RunReporter` builds each event; this
+module only decides *how* events reach observers.
 
 Delivery model (and why):
 
@@ -27,8 +28,10 @@ Delivery model (and why):
 - An observer that raises `Exception` is logged on `logging.getLogger("pipeline")` (with the
   traceback the first time, at DEBUG afterwards, so a broken observer cannot flood the log)
   and ignored. Cancellation and other `BaseException`s are never swallowed.
-- With no observers, `enabled` is False and `emit` returns at once: the executor should test
-  `enabled` before it builds an event at all.
+- A plain `on_event` that returns an awaitable anyway has that awaitable awaited by the same
+  drain task, in order (and closed unawaited if it is dropped).
+- With no observers, `enabled` is False and `emit` returns at once; a caller checks `enabled`
+  to skip building events at all.
 """
 
 from __future__ import annotations
@@ -87,12 +90,12 @@ def _is_async(observer: Observer) -> bool:
 class EventDispatcher:
     """Fans one run's events out to its observers; see the module docstring for the model.
 
-    Use from the executor (on the event loop thread only)::
+    Use on the event loop thread only (the executor hands it to a `RunReporter`, which
+    builds the events)::
 
         bus = EventDispatcher(observers, clock=clock)
         async with bus.running():
-            if bus.enabled:
-                bus.emit(RunStarted(run_id=..., at_s=0.0, pipeline_name=...))
+            bus.emit(RunStarted(run_id=..., at_s=0.0, pipeline_name=...))
             ...
 
     Args:
@@ -286,7 +289,3 @@ def _discard(item: _Queued) -> None:
         close = getattr(awaitable, "close", None)
         if close is not None:
             close()
-
-
-EventBus = EventDispatcher
-"""Alias: some call it a bus."""

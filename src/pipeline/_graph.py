@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from pipeline.definition import StageDefinition
 
@@ -51,3 +51,36 @@ def scan(stages: Sequence[StageDefinition]) -> Graph:
             if pending[succ] == 0:
                 ready.append(succ)
     return Graph(successors, wave_of if len(ready) == len(successors) else None)
+
+
+def heaviest_chain(
+    order: Iterable[str],
+    predecessors: Mapping[str, Sequence[str]],
+    durations: Mapping[str, float],
+) -> tuple[tuple[str, ...], float]:
+    """The chain of dependent stages with the largest total duration, and that total.
+
+    `order` must be topological; only its stages count, each weighing `durations.get(id, 0)`.
+    Among chains of equal total the one with more stages wins (so instant stages at the end of
+    a chain stay on it); a stage extends the input declared first among equals, and the chain
+    ending first in `order` wins among equal ends. `((), 0.0)` when `order` is empty.
+    """
+    best: dict[str, tuple[float, int]] = {}  # (total, stages) of the best chain ending here
+    parent: dict[str, str | None] = {}
+    for sid in order:
+        via: str | None = None
+        for dep in predecessors.get(sid, ()):
+            if dep in best and (via is None or best[dep] > best[via]):
+                via = dep
+        total, stages = best[via] if via is not None else (0.0, 0)
+        best[sid] = (total + durations.get(sid, 0.0), stages + 1)
+        parent[sid] = via
+    if not best:
+        return (), 0.0
+    end = max(best, key=best.__getitem__)  # max() keeps the first of equal values
+    path: list[str] = []
+    node: str | None = end
+    while node is not None:
+        path.append(node)
+        node = parent[node]
+    return tuple(reversed(path)), best[end][0]

@@ -1,23 +1,26 @@
 """Where a finished run's time went: queue wait vs run time per stage, a table, the critical path.
 
 Pure functions over the run records (`PipelineResult.stage_runs`) and the graph (a definition
-or its `ExecutionPlan`); nothing here runs a stage or imports anyio. Graph drawing is
-`pipeline.viz`; live display is `pipeline.observers`.
+or its `ExecutionPlan`); nothing here runs a stage or imports anyio. `pipeline.result` calls
+these for `PipelineResult.summary()` / `critical_path()`, so this module knows the result types
+for type checking only and imports nothing from `pipeline.result` at runtime (no import circle).
+Graph drawing is `pipeline.viz`; live display is `pipeline.observers`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
+from pipeline._graph import heaviest_chain
 from pipeline._model import FrozenModel
 from pipeline.plan import ExecutionPlan
-from pipeline.result import StageStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from pipeline.definition import PipelineDefinition
-    from pipeline.result import PipelineResult, StageRun
+    from pipeline.result import PipelineResult, StageRun, StageStatus
 
 
 class StageTiming(FrozenModel):
@@ -77,31 +80,12 @@ def critical_path(
     """The chain of dependent stages with the largest total run time, and that total in ms.
 
     Computed from the run records: each stage weighs its `duration_ms` (0 if it never ran).
-    Among chains of equal time the one with more stages wins (so instant stages at the end of
-    a chain stay on it), then the first in plan order. `([], 0.0)` for a run without records.
+    Ties as in `ExecutionPlan.critical_path`. `([], 0.0)` for a run without records.
     """
-    preds = _predecessors(graph) or {}
     runs = result.stage_runs
-    best: dict[str, tuple[float, int]] = {}  # (total ms, stages) of the best chain ending here
-    parent: dict[str, str | None] = {}
-    for sid, record in runs.items():  # plan order is a topological order
-        via: str | None = None
-        for dep in preds.get(sid, ()):
-            if dep in best and (via is None or best[dep] > best[via]):
-                via = dep
-        total, stages = best[via] if via is not None else (0.0, 0)
-        best[sid] = (total + record.duration_ms, stages + 1)
-        parent[sid] = via
-    if not best:
-        return [], 0.0
-    end = max(best, key=best.__getitem__)  # max() keeps the first of equal values
-    path: list[str] = []
-    node: str | None = end
-    while node is not None:
-        path.append(node)
-        node = parent[node]
-    path.reverse()
-    return path, best[end][0]
+    durations = {sid: record.duration_ms for sid, record in runs.items()}
+    path, total = heaviest_chain(runs, _predecessors(graph) or {}, durations)  # plan order
+    return list(path), total
 
 
 def format_ms(ms: float | None) -> str:
@@ -115,6 +99,15 @@ def format_ms(ms: float | None) -> str:
         return f"{seconds:.2f} s"
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}m {rest:04.1f}s"
+
+
+def _status_counts(result: PipelineResult) -> list[tuple[StageStatus, int]]:
+    """How many stages ended in each status, in `StageStatus` declaration order, zeros left out."""
+    counts = Counter(r.status for r in result.stage_runs.values())
+    if not counts:
+        return []
+    statuses = type(next(iter(counts)))  # StageStatus, without importing pipeline.result
+    return [(status, counts[status]) for status in statuses if counts[status]]
 
 
 def _cache_cell(record: StageRun) -> str:
@@ -161,11 +154,7 @@ def render_summary(
         return "  ".join(cells).rstrip()
 
     out = [line(rows[0]), line(["-" * w for w in widths]), *(line(r) for r in rows[1:])]
-    counts = {
-        status: sum(1 for r in result.stage_runs.values() if r.status is status)
-        for status in StageStatus
-    }
-    tally = ", ".join(f"{n} {status.value}" for status, n in counts.items() if n)
+    tally = ", ".join(f"{n} {status.value}" for status, n in _status_counts(result))
     outcome = "succeeded" if result.success else "failed"
     out.append("")
     out.append(

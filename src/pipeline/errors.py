@@ -6,9 +6,17 @@
     ├── StageError               one stage attempt went wrong (kept as the run record's exception)
     │   ├── StageTimeoutError    an attempt exceeded StageDefinition.timeout_ms
     │   └── StageOutputError     execute() returned something that is not a StageResult
-    └── PipelineRunError         PipelineResult.raise_for_failure() on a failed run
+    ├── PipelineRunError         PipelineResult.raise_for_failure() on a failed run
+    ├── CacheError               a cache store failed (SQLiteCache.get/put/...)
+    ├── UnfingerprintableError   pipeline.cache.fingerprint(): a value has no stable fingerprint
+    ├── OverBudgetError          pipeline.cache.fingerprint(budget=...): more values than allowed
+    ├── UncacheableOutputError   JsonSerializer.dumps(): an output would not restore equal
+    ├── LoadError                a `module:attr` reference cannot be loaded
+    └── UsageError               `python -m pipeline`: a bad argument (exit code 2)
 
-Stage failures never escape `PipelineExecutor.execute`; they are captured in the result.
+Stage failures never escape `PipelineExecutor.execute`; they are captured in the result, and
+the cache errors become warnings or misses on the run record. The classes are re-exported
+where users met them first (`pipeline.cache`, `pipeline.cli`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ IssueCode = Literal[
     "missing_condition",
     "invalid_stage",
     "empty_pipeline",
+    "unknown_runner",
 ]
 """The closed vocabulary of validation problems."""
 
@@ -125,3 +134,73 @@ class PipelineRunError(PipelineError):
             parts.insert(0, result.error)
         detail = "; ".join(parts) or "run did not succeed"
         super().__init__(f"pipeline {result.pipeline_name!r} failed: {detail}")
+
+
+class CacheError(PipelineError):
+    """A cache store failed (unreadable file, locked past its busy timeout, closed store).
+
+    Raised by store methods such as `SQLiteCache.get`; during a run the executor catches it,
+    recomputes the stage and counts it in `PipelineResult.cache_stats.errors`.
+    """
+
+    def __init__(self, store: str, key: str | None, message: str) -> None:
+        self.store = store
+        self.key = key
+        where = store if key is None else f"{store} key {key[:12]}"
+        super().__init__(f"{where}: {message}")
+
+
+class UnfingerprintableError(PipelineError, TypeError):
+    """A value has no stable fingerprint, so a stage fed with it is not cached.
+
+    Raised by `pipeline.cache.fingerprint()`, `canonical_json()` and `code_fingerprint()`; the
+    executor turns it into a cache warning on the stage's run record and runs the stage uncached.
+    """
+
+    def __init__(self, reason: str, *, path: str = "input") -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"cannot fingerprint {path}: {reason}")
+
+
+class OverBudgetError(PipelineError):
+    """A fingerprint with a value budget met more values than allowed.
+
+    Raised by `pipeline.cache.fingerprint(value, budget=n)` and `canonical_json(value,
+    budget=n)`; the executor then fingerprints the value in a worker thread instead.
+    """
+
+
+class UncacheableOutputError(PipelineError, TypeError):
+    """A stage's output cannot be stored faithfully, so it is not cached.
+
+    Raised by `JsonSerializer.dumps`; the executor reports it as a cache warning.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"output not cached: {reason}")
+
+
+class LoadError(PipelineError):
+    """A `module:attr` reference cannot be loaded (malformed, import failed, no such attribute...).
+
+    Raised by the `module:attr` loader (`pipeline._loading.load_attribute` / `load_definition`);
+    `python -m pipeline` reports it as a `UsageError` with the same text. The message is one
+    line, `problem (reference): detail; fix`; the user's own exception, if any, is `__cause__`.
+    """
+
+    def __init__(self, reference: str, problem: str, detail: str, fix: str) -> None:
+        self.reference = reference
+        self.problem = problem
+        self.detail = detail
+        self.fix = fix
+        shown = reference if reference.isprintable() else repr(reference)
+        super().__init__(f"{problem} ({shown}): {detail}; {fix}")
+
+
+class UsageError(PipelineError):
+    """A bad command-line argument: `python -m pipeline` prints it on one line and exits 2.
+
+    Raised by `pipeline.cli`'s argument parsing and by `pipeline.cli.load_definition`.
+    """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline._graph import Graph, scan
+from pipeline._graph import Graph, heaviest_chain, scan
 from pipeline._model import FrozenModel, fast_model
 
 if TYPE_CHECKING:
@@ -50,25 +50,7 @@ class ExecutionPlan(FrozenModel):
         of a chain stay on it); a stage extends the input declared first among equals, and the
         chain ending first in plan order wins among equal ends. `((), 0.0)` for an empty plan.
         """
-        best: dict[str, tuple[float, int]] = {}  # (total, stages) of the best chain ending here
-        parent: dict[str, str | None] = {}
-        for sid in self.order:  # a topological order
-            via: str | None = None
-            for dep in self.predecessors[sid]:
-                if via is None or best[dep] > best[via]:
-                    via = dep
-            total, stages = best[via] if via is not None else (0.0, 0)
-            best[sid] = (total + durations.get(sid, 0.0), stages + 1)
-            parent[sid] = via
-        if not best:
-            return (), 0.0
-        end = max(best, key=best.__getitem__)  # max() keeps the first of equal values
-        path: list[str] = []
-        node: str | None = end
-        while node is not None:
-            path.append(node)
-            node = parent[node]
-        return tuple(reversed(path)), best[end][0]
+        return heaviest_chain(self.order, self.predecessors, durations)
 
 
 def build_plan(stages: Sequence[StageDefinition], graph: Graph | None = None) -> ExecutionPlan:

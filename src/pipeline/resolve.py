@@ -1,6 +1,7 @@
 """`resolve_typed_input`: unpack a stage's input when it may be a model or a dict of inputs.
 
-A helper stages call; the executor builds the inputs (see `pipeline.executor`).
+A helper stage bodies call; the input it unpacks is built by the run (no input: the initial
+input, one input: that stage's output, several: `{stage_id: output}`), in `pipeline._run`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ def resolve_typed_input(
 ) -> tuple[M, dict[str, Any]]:
     """Return `(model, extras)` from a stage input.
 
-    An instance of `model_type` (subclasses included) gives `(input, {})`; a dict gives
-    `(input[dict_key], the other entries)`.
+    An instance of `model_type` (subclasses included) gives `(input, {})`; with `dict_key`, a
+    dict gives `(input[dict_key], the other entries)`.
 
     Raises:
-        TypeError: the dict lacks `dict_key` (or holds None there), or the input is neither.
+        TypeError: the dict lacks `dict_key` (or holds None there), the value under `dict_key`
+            is not a `model_type`, or the input is neither a `model_type` nor a dict (or a dict
+            without `dict_key` given).
     """
     if isinstance(input, model_type):
         return input, {}

@@ -1,6 +1,8 @@
 """Results: what one stage returns (`StageResult`) and what a whole run returns (`PipelineResult`).
 
-The executor fills these in; how a stage is invoked lives in `pipeline._invoke`.
+The executor fills these in; how a stage is invoked lives in `pipeline._invoke`, and the text
+table and critical path of a finished run in `pipeline._summary` (which imports nothing from
+here at runtime).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, ove
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline import _summary
 from pipeline._model import FrozenModel, fast_model
 from pipeline.errors import PipelineRunError
 from pipeline.plan import ExecutionPlan
@@ -18,7 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 UNKNOWN_STAGE = "unknown"
 """The `stage_name` a result has until the executor fills in the stage id."""
@@ -348,17 +350,13 @@ class PipelineResult(FrozenModel):
 
         Below it: the outcome, the critical path of the finished run and any errors.
         """
-        from pipeline._summary import render_summary  # _summary imports us
-
-        return render_summary(self, self.plan)
+        return _summary.render_summary(self, self.plan)
 
     def critical_path(self) -> tuple[list[str], float]:
         """The chain of dependent stages with the largest total duration, and that total (ms)."""
-        from pipeline._summary import critical_path  # _summary imports us
-
         if self.plan is None:
             return [], 0.0
-        return critical_path(self.plan, self)
+        return _summary.critical_path(self.plan, self)
 
     def _known(self) -> str:
         return ", ".join(repr(s) for s in self.stage_results) or "none"

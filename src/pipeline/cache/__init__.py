@@ -2,12 +2,12 @@
 
 `PipelineExecutor(cache=SQLiteCache("runs.db"))` turns it on. Stores implement the small
 `CacheStore` protocol; keys come from `fingerprint` (pure, in `_key`); values are JSON through
-pydantic unless you pass `cache_serializer=PickleSerializer()`. Re-exports only.
+pydantic unless you pass `cache_serializer=PickleSerializer()`. Re-exports only; the errors are
+defined in `pipeline.errors`.
 """
 
 from pipeline.cache._key import (
     CacheKey,
-    UnfingerprintableError,
     canonical_json,
     code_fingerprint,
     fingerprint,
@@ -17,11 +17,16 @@ from pipeline.cache._serialize import (
     JsonSerializer,
     PickleSerializer,
     Serializer,
-    UncacheableOutputError,
     output_type_of,
 )
 from pipeline.cache._sqlite import SQLiteCache
-from pipeline.cache._store import CacheError, CacheStore, MemoryCache
+from pipeline.cache._store import CacheStore, MemoryCache
+from pipeline.errors import (
+    CacheError,
+    OverBudgetError,
+    UncacheableOutputError,
+    UnfingerprintableError,
+)
 from pipeline.result import CacheStats
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "CacheStore",
     "JsonSerializer",
     "MemoryCache",
+    "OverBudgetError",
     "PickleSerializer",
     "SQLiteCache",
     "Serializer",

@@ -20,7 +20,10 @@ from pydantic import BaseModel
 
 from pipeline._text import exception_text
 from pipeline._wrapped import unwrap_stage
-from pipeline.errors import PipelineError
+from pipeline.errors import (
+    OverBudgetError as OverBudgetError,  # importable here too
+    UnfingerprintableError as UnfingerprintableError,
+)
 
 KEY_SCHEMA: Final = "pipeline-cache/2"
 """Changes whenever the key layout changes, so old entries can never be read by new code."""
@@ -43,23 +46,6 @@ class _Walk:
     def __init__(self, budget: int | None) -> None:
         self.seen: set[int] = set()
         self.left = budget
-
-
-class OverBudgetError(Exception):
-    """A fingerprint with a value budget met more values than allowed (see `fingerprint`)."""
-
-
-class UnfingerprintableError(PipelineError, TypeError):
-    """A value has no stable fingerprint, so a stage fed with it is not cached.
-
-    Raised by `fingerprint()` and `code_fingerprint()`; the executor turns it into a cache
-    warning on the stage's run record and runs the stage uncached.
-    """
-
-    def __init__(self, reason: str, *, path: str = "input") -> None:
-        self.reason = reason
-        self.path = path
-        super().__init__(f"cannot fingerprint {path}: {reason}")
 
 
 @final

@@ -6,11 +6,13 @@ Keys live in `pipeline.cache._key`; stores only ever see bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import pickle
 import typing
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Final, Protocol, TypeGuard, TypeVar, final
@@ -18,7 +20,7 @@ from typing import Any, Final, Protocol, TypeGuard, TypeVar, final
 from pydantic import BaseModel, TypeAdapter
 
 from pipeline._wrapped import unwrap_stage
-from pipeline.errors import PipelineError
+from pipeline.errors import UncacheableOutputError as UncacheableOutputError  # importable here too
 from pipeline.functions import FunctionStage
 from pipeline.protocol import PipelineStage
 from pipeline.result import StageResult
@@ -41,17 +43,6 @@ class Serializer(Protocol):
     def loads(self, data: bytes, output_type: Any) -> Any:
         """Restore a value written by `dumps` with the same `output_type`."""
         ...
-
-
-class UncacheableOutputError(PipelineError, TypeError):
-    """A stage's output cannot be stored faithfully, so it is not cached.
-
-    Raised by `JsonSerializer.dumps`; the executor reports it as a cache warning.
-    """
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"output not cached: {reason}")
 
 
 @functools.lru_cache(maxsize=512)
@@ -149,7 +140,9 @@ def _type_repr(tp: Any) -> str:
     return getattr(tp, "__name__", None) or repr(tp)
 
 
-_annotated: dict[type[Any], Any] = {}
+_resolved: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
+"""The answer of `output_type_of` per stage object (not per class: every `@stage` function is
+a `FunctionStage`, each with its own return type). Weak, so a stage's entry goes with it."""
 
 
 def output_type_of(stage: object, declared: Any = None) -> Any:
@@ -159,18 +152,29 @@ def output_type_of(stage: object, declared: Any = None) -> Any:
     return annotation (`-> T` or `-> StageResult[T]`); the return annotation of `execute`
     (`StageResult[Foo]` -> `Foo`); a `PipelineStage[In, Out]` base's `Out`; else `typing.Any`
     (plain JSON values). A wrapper that sets `__wrapped_stage__` resolves as the stage it wraps.
+    The answer is computed once per stage object (a stage that cannot be a weak dictionary key,
+    being unhashable or without weak references, is resolved on every call).
     """
     if declared is not None:
         return declared
     stage = unwrap_stage(stage)
-    if isinstance(stage, FunctionStage):
-        return _function_output_type(stage.fn)  # per function: every one shares the class
-    cls = type(stage)
     try:
-        return _annotated[cls]
+        return _resolved[stage]
     except KeyError:
-        found = _annotated[cls] = _annotation_of(cls)
-        return found
+        pass
+    except Exception:  # noqa: BLE001  # unhashable, no weak references, or a raising __eq__
+        return _resolve(stage)
+    found = _resolve(stage)
+    with contextlib.suppress(Exception):  # as above: such a stage is just not remembered
+        _resolved[stage] = found
+    return found
+
+
+def _resolve(stage: object) -> Any:
+    """`output_type_of` of an unwrapped stage, without the memo."""
+    if isinstance(stage, FunctionStage):
+        return _function_output_type(stage.fn)
+    return _annotation_of(type(stage))
 
 
 def _function_output_type(fn: Any) -> Any:

@@ -1,7 +1,8 @@
-"""The `CacheStore` protocol every store implements, its error, and the in-memory store.
+"""The `CacheStore` protocol every store implements, and the in-memory store.
 
 Stores keep opaque bytes under a `CacheKey`; serialization and keys live elsewhere
-(`pipeline.cache._serialize`, `pipeline.cache._key`), the SQLite store in `_sqlite`.
+(`pipeline.cache._serialize`, `pipeline.cache._key`), the SQLite store in `_sqlite`, and
+`CacheError` in `pipeline.errors` (re-exported here and by `pipeline.cache`).
 """
 
 from __future__ import annotations
@@ -9,26 +10,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Protocol, final
 
-from pipeline.errors import DefinitionError, PipelineError
+from pipeline.errors import (
+    CacheError as CacheError,  # defined in errors; importable here too
+    DefinitionError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.cache._key import CacheKey
-
-
-class CacheError(PipelineError):
-    """A cache store failed (unreadable file, locked past its busy timeout, closed store).
-
-    Raised by store methods such as `SQLiteCache.get`; during a run the executor catches it,
-    recomputes the stage and counts it in `PipelineResult.cache_stats.errors`.
-    """
-
-    def __init__(self, store: str, key: str | None, message: str) -> None:
-        self.store = store
-        self.key = key
-        where = store if key is None else f"{store} key {key[:12]}"
-        super().__init__(f"{where}: {message}")
 
 
 class CacheStore(Protocol):

@@ -1,7 +1,9 @@
 """Recording a run's progress for assertions: `record_run`, `RecordingStage`, `RunRecorder`.
 
-It works by wrapping the stage objects of a definition, so it needs nothing from the executor;
-run-level events for observers are a separate concern (`pipeline.events`, when it lands).
+It works by wrapping the stage objects of a definition, so it needs nothing from the executor
+and sees what the stages see: calls, their inputs and how each ended. What the executor saw
+(waves, retries scheduled, cache hits, stages that never ran) is in the run's events
+(`pipeline.events`, recorded by any observer) and in the `PipelineResult`.
 
 Recording never changes what it records: a wrapper exposes its stage as `__wrapped_stage__`,
 which the cache follows to resolve output types and code fingerprints, and a stage that
