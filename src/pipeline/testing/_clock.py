@@ -1,24 +1,27 @@
 """`FakeClock`: virtual time for tests, so retry waits and timeouts never really wait.
 
-The executor only sees the `pipeline.clock.Clock` protocol; this is one implementation.
+The executor only sees the `pipeline.clock.Clock` protocol; this is one implementation. It uses
+anyio's public API only: deadlines are plain `anyio.CancelScope`s, and the task that moves time
+runs in a task group the clock opens while it is entered (`async with clock:`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import math
 import threading
-from typing import TYPE_CHECKING, Any, final
+import weakref
+from typing import TYPE_CHECKING, final
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from anyio.abc import TaskGroup
 
 _SPIN_ROUNDS = 20
 """Checkpoints the driver yields before each idle check, so work still in flight (a chain of
@@ -29,77 +32,77 @@ test suite: with no warm-up 30 of ~230 idle checks paid 0.1 s (+3 s); with 20 ro
 _THREAD_POLL_S = 0.001
 """Real seconds between looks at the default thread limiter while a worker thread runs."""
 
-_COMPACT_AT = 32
-"""Dead heap entries tolerated before the timer heap is rebuilt from its live entries."""
+_COMPACT_AT = 64
+"""Heap size below which dead entries (left, fired or collected) are never swept out early."""
 
 
 class _Timer:
-    """One pending wake-up: a sleeper's event or a deadline scope, due at `when`."""
+    """One pending wake-up, due at `when`: a sleeper's event, or a deadline's (weakly held) scope."""
 
     __slots__ = ("event", "live", "scope", "when")
 
     def __init__(
-        self, when: float, event: anyio.Event | None, scope: anyio.CancelScope | None
+        self,
+        when: float,
+        event: anyio.Event | None,
+        scope: weakref.ref[anyio.CancelScope] | None,
     ) -> None:
         self.when = when
         self.event = event
         self.scope = scope
-        self.live = False
-        """In the heap and not yet fired or retired."""
+        self.live = True
+        """Not yet fired, nor given up by its sleeper."""
+
+    def alive(self) -> bool:
+        return self.live and (self.scope is None or self.scope() is not None)
 
     def fire(self) -> None:
+        self.live = False
         if self.event is not None:
             self.event.set()
-        elif self.scope is not None:
-            self.scope.cancel()
+        elif self.scope is not None and (scope := self.scope()) is not None:
+            scope.cancel()
 
 
-_scope_types: dict[type[Any], type[Any]] = {}
+class _Entry:
+    """One `async with clock:`: the task group it opened there, which may host the driver."""
+
+    __slots__ = ("failed", "tg")
+
+    def __init__(self, tg: TaskGroup) -> None:
+        self.tg = tg
+        self.failed = False
+        """The driver failed while this entry was open: its body was cancelled."""
 
 
-def _deadline_scope_type(base: type[Any]) -> type[Any]:
-    """A subclass of anyio's backend cancel scope telling its clock when it is entered and left.
+@final
+class _Busy:
+    """`FakeClock.busy()`: a sync and async context manager; reusable, and nests."""
 
-    Entering arms the deadline and leaving retires it, so only scopes something is inside can
-    make the clock jump: a scope never entered (a run that failed validation) or already left
-    (a finished stage) is not waited for and leaves nothing in the heap.
-    """
-    scope_type = _scope_types.get(base)
-    if scope_type is None:
+    __slots__ = ("_clock",)
 
-        def __enter__(self: Any) -> Any:
-            entered = base.__enter__(self)
-            clock, timer = self._fake_clock_timer
-            clock._arm(timer)
-            return entered
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
 
-        def __exit__(
-            self: Any,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> bool:
-            try:
-                return bool(base.__exit__(self, exc_type, exc, tb))
-            finally:
-                clock, timer = self._fake_clock_timer
-                clock._retire(timer)
+    def __enter__(self) -> None:
+        self._clock._add_busy(1)
 
-        namespace = {
-            "__slots__": ("_fake_clock_timer",),
-            "__enter__": __enter__,
-            "__exit__": __exit__,
-        }
-        scope_type = type(f"FakeClock{base.__name__}", (base,), namespace)
-        _scope_types[base] = scope_type
-    return scope_type
+    def __exit__(self, *exc_info: object) -> None:
+        self._clock._add_busy(-1)
+
+    async def __aenter__(self) -> None:
+        self._clock._add_busy(1)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._clock._add_busy(-1)
 
 
 @final
 class FakeClock:
     """A `Clock` on virtual time that jumps ahead whenever every task is waiting.
 
-    Pass it as `PipelineExecutor(clock=...)`. Semantics, like trio's `MockClock` with autojump:
+    Pass it as `PipelineExecutor(clock=...)`: each run enters it (`async with clock:`), which
+    starts the autojump. Semantics, like trio's `MockClock` with autojump:
 
     - `sleep(s)` records `s` in `sleeps` and registers a wake-up at `now() + s`; the sleeper
       waits until virtual time reaches it. Sleeps in concurrent tasks therefore overlap: four
@@ -108,10 +111,13 @@ class FakeClock:
       `SystemClock`, which raise `ValueError` for a negative delay). `sleep(math.inf)` is recorded
       and waits until cancelled (by a deadline, a task group or the caller): it registers no
       wake-up, so virtual time never jumps to infinity. A cancelled sleep drops its wake-up.
-    - `deadline_scope(s)` (timeouts) returns a cancel scope cancelled when virtual time reaches
-      `now() + s` (at once if `s <= 0`; never if `s` is `math.inf`). The deadline is pending
-      only while the scope is entered: a scope not yet entered, or already left, never makes
-      the clock jump.
+    - `deadline_scope(s)` (timeouts) returns a plain `anyio.CancelScope` that the clock cancels
+      when virtual time reaches `now() + s`, counted from the call, entered yet or not
+      (cancelled at once if `s <= 0`; never if `s` is `math.inf`). The clock holds it weakly:
+      the deadline is dropped when it fires or when the scope is garbage, normally as soon as
+      the function whose `with` block used it returns (anyio tells nobody when a scope is
+      left). A scope still referenced after its block keeps its deadline: the clock may stop
+      there while everything waits and cancel a scope nobody is in, which changes nothing.
     - Every wake-up and deadline moves time forward: for `s > 0` it is due at `now() + s`, or at
       the next float after `now()` when that sum rounds back to `now()` (`1e-16` s at t=1.15).
       So a loop that sleeps until a target time (a rate limiter's refill) always gets there;
@@ -120,36 +126,48 @@ class FakeClock:
       naming the duration and `now()`, instead of jumping to infinity or hanging.
     - NaN is rejected with `ValueError` by `sleep`, `deadline_scope` and `advance` (and a
       non-finite `start`), before anything is recorded, so a NaN never enters the timer heap.
-    - When the program is idle, virtual time jumps to the earliest pending wake-up or deadline,
-      and everything due at that instant fires, in the order it was registered; then the clock
-      waits for idle again. A stage blocked forever on an event inside a `timeout_ms` thus
-      times out at its deadline with no `advance()`.
+    - While the clock is entered and the program is idle, virtual time jumps to the earliest
+      pending wake-up or deadline, and everything due at that instant fires, in the order it was
+      registered; then the clock waits for idle again. A stage blocked forever on an event
+      inside a `timeout_ms` thus times out at its deadline with no `advance()`.
     - `advance(s)` moves virtual time forward by `s` at once, firing what falls due on the way
       in order (every woken sleeper sees the new time, as after trio's `MockClock.jump`), then
       yields once. Time never moves otherwise: `now()` is constant while any task runs.
 
-    Idle means, checked in this order by a driver task: it has yielded 20 checkpoint rounds (so
+    Running: `async with clock:` opens a task group in the entering task and starts the driver
+    task in it, shielded from the caller's cancellation (a cancelled body's shielded cleanup on
+    this clock still sees time move) until the entry is left; the body's own exceptions pass
+    through as they are. Entries nest and may come from several tasks at once (a test around a
+    run, a `SubPipeline`'s child run, concurrent runs sharing the clock); each opens its own task
+    group and only the first runs the driver. If the entry running it is left while others are
+    open, the driver moves to the oldest open entry, so autojump goes on; the last exit stops
+    it. Enter and leave in one task, on one event loop. Outside any entry only `advance()`
+    moves time: `deadline_scope` works there (the executor makes the run's deadline before it
+    enters), but a `sleep(s)` with `s > 0` raises `RuntimeError` naming `async with clock:`, as
+    nothing would wake it; so do `sleep`, `deadline_scope` and `advance` called from another
+    thread while the clock runs. If the driver fails, its error is recorded, every open entry's
+    body is cancelled and its `__aexit__` raises `RuntimeError` chained to the error, as does
+    every later call but `now()`.
+
+    Idle means, checked in this order by the driver: it has yielded 20 checkpoint rounds (so
     work still in flight settles); `anyio.wait_all_tasks_blocked()` returned, i.e. every other
     task is blocked (exact on trio; on asyncio anyio looks at each task's pending future and
-    sleeps 0.1 s of real time before looking again while any task is runnable); and no anyio
-    worker thread on the default limiter is running. While one runs (a sync function stage),
-    the driver waits for it from a helper thread, so the thread's real run time never trips a
-    virtual timeout, and then checks again. The driver is started on the running loop by a
-    short-lived helper thread through `anyio.from_thread.run` (no task group is at hand) when a
-    wake-up or deadline is registered; it ends when the loop is idle with nothing pending, or
-    when the loop shuts down. Given the same program, the virtual timings are the same on every
-    run, on asyncio and on trio.
+    sleeps 0.1 s of real time before looking again while any task is runnable); and no work
+    outside the loop is under way: no anyio worker thread on the default limiter is running
+    (a sync function stage) and no `busy()` block is open. While there is, the driver waits for
+    it from a helper thread, so its real run time never trips a virtual timeout, and then
+    checks again. Given the same program, the virtual timings are the same on every run, on
+    asyncio and on trio.
 
     Limitations: anything else the loop waits for counts as idle, so virtual time jumps past a
-    real `anyio.sleep`, a socket, a subprocess or a thread of your own (give stages under test
-    this clock rather than real delays). On asyncio, a test's own `wait_all_tasks_blocked()`
-    that looks while the driver is in its warm-up rounds waits 0.1 s more, and two `FakeClock`s
-    with work on one loop see each other's driver as busy, costing up to 0.1 s per jump; the
-    virtual timings stay exact. A worker thread that waits for something only virtual time can
-    bring (a sleep on this clock) deadlocks, as time never moves while it runs. For the same
-    reason a loop polling `now()` around `sleep(0)` never sees time move: sleep for the time
-    that is left instead. Deadline scopes are instances of a subclass of anyio's backend cancel
-    scope (asyncio's or trio's) whose `__enter__` and `__exit__` arm and drop the deadline.
+    real `anyio.sleep`, a socket, a subprocess or a thread on a limiter of your own: give
+    stages under test this clock rather than real delays, or wrap such waits in `busy()`. On
+    asyncio, a test's own `wait_all_tasks_blocked()` that looks while the driver is in its
+    warm-up rounds waits 0.1 s more, and two `FakeClock`s with work on one loop see each
+    other's driver as busy, costing up to 0.1 s per jump; the virtual timings stay exact.
+    Outside work (a worker thread, a `busy()` block) that waits for a sleep on this clock
+    deadlocks, as time never moves meanwhile; a loop polling `now()` around `sleep(0)` never
+    sees time move either: sleep for the time that is left instead.
     """
 
     def __init__(self, start: float = 0.0) -> None:
@@ -161,9 +179,18 @@ class FakeClock:
         self._now = start
         self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
-        self._live = 0
-        self._dead = 0
-        self._driver: anyio.lowlevel.EventLoopToken | None = None
+        self._sweep_at = _COMPACT_AT
+        self._entries: list[_Entry] = []
+        """Open `async with clock:` entries, oldest first."""
+        self._by_task: dict[int, list[_Entry]] = {}
+        self._thread: int | None = None
+        """The thread whose event loop entered the clock."""
+        self._driver: _Entry | None = None
+        self._driver_scope: anyio.CancelScope | None = None
+        self._parked: anyio.Event | None = None
+        """Set when the driver waits for a wake-up to be registered (nothing is pending)."""
+        self._busy = 0
+        self._busy_changed = threading.Condition()
         self._error: BaseException | None = None
         self.sleeps: list[float] = []
         """Every duration `sleep` accepted, in call order (retry backoff waits, in seconds)."""
@@ -180,57 +207,73 @@ class FakeClock:
         Raises:
             ValueError: `seconds` is NaN (nothing is recorded).
             OverflowError: now + `seconds` is past the largest float.
+            RuntimeError: `seconds > 0` and the clock is not entered (`async with clock:`), or
+                this is another thread than the entered loop's, or the driver failed.
         """
         self._check("sleep", seconds)
+        self._raise_if_failed()
         if seconds <= 0:
             self.sleeps.append(seconds)
             await anyio.lowlevel.checkpoint()
             return
         if seconds == math.inf:
+            self._check_running("sleep", seconds)
             self.sleeps.append(seconds)
             await anyio.sleep_forever()  # no wake-up: only a cancellation ends it
             return
         when = self._due("sleep", seconds)
+        self._check_running("sleep", seconds)
         self.sleeps.append(seconds)
         event = anyio.Event()
-        timer = self._register(_Timer(when, event, None))
+        timer = _Timer(when, event, None)
+        self._register(timer)
         try:
             await event.wait()
         finally:
-            self._retire(timer)
+            woken_by_failure = timer.live
+            timer.live = False
+        if woken_by_failure:
+            self._raise_if_failed()
 
     def deadline_scope(self, seconds: float) -> anyio.CancelScope:
-        """A cancel scope cancelled once virtual time reaches now + `seconds`.
+        """A plain cancel scope, cancelled once virtual time reaches now + `seconds`.
 
-        The deadline counts from this call; it is armed when the scope is entered (at once
-        cancelled if it has already passed) and dropped when the scope is left. With
+        The deadline counts from this call and is pending at once, whether or not the scope
+        has been entered yet: one entered past its deadline is cancelled at once. With
         `seconds <= 0` the scope is cancelled at once; with `math.inf` it never is.
 
         Raises:
             ValueError: `seconds` is NaN.
             OverflowError: now + `seconds` is past the largest float.
+            RuntimeError: called from another thread than the entered loop's, or the driver
+                failed.
         """
         self._check("deadline_scope", seconds)
-        if seconds <= 0 or seconds == math.inf:
-            when = self._now + seconds  # -inf..now: cancelled below; +inf: never armed
-        else:
-            when = self._due("deadline_scope", seconds)
-        scope: Any = _deadline_scope_type(type(anyio.CancelScope()))()
-        scope._fake_clock_timer = (self, _Timer(when, None, scope))
+        self._raise_if_failed()
+        self._check_thread("deadline_scope", seconds)
+        when = None if seconds <= 0 or seconds == math.inf else self._due("deadline_scope", seconds)
+        scope = anyio.CancelScope()
         if seconds <= 0:
             scope.cancel()
-        return scope  # type: ignore[no-any-return]
+        elif when is not None:
+            self._register(_Timer(when, None, weakref.ref(scope)))
+        return scope
 
     async def advance(self, seconds: float) -> None:
         """Move virtual time forward by `seconds`, firing what falls due on the way; yield once.
 
         `seconds <= 0` only yields; a positive `seconds` moves time by at least one float step.
+        Works whether or not the clock is entered.
 
         Raises:
             ValueError: `seconds` is NaN or infinite (virtual time stays finite).
             OverflowError: now + `seconds` is past the largest float.
+            RuntimeError: called from another thread than the entered loop's, or the driver
+                failed.
         """
         self._check("advance", seconds)
+        self._raise_if_failed()
+        self._check_thread("advance", seconds)
         if seconds == math.inf:
             raise ValueError(
                 f"FakeClock.advance({seconds!r}) at now={self._now!r}: virtual time must stay "
@@ -240,6 +283,75 @@ class FakeClock:
         if seconds > 0:
             self._fire_until(self._due("advance", seconds))
         await anyio.lowlevel.checkpoint()
+
+    def busy(self) -> _Busy:
+        """Mark work the event loop cannot see, so virtual time stands still while it runs.
+
+        Use it as `with clock.busy():` or `async with clock.busy():` around awaiting work done
+        elsewhere (a process, a remote worker, a thread on a limiter of your own): while any
+        such block is open, autojump does not move time, so the work's real duration never
+        trips a virtual timeout. Blocks nest and may be opened from any thread. Worker threads
+        on anyio's default limiter (`anyio.to_thread.run_sync`, sync function stages) already
+        count as busy without it. Do not sleep on this clock inside the block: time cannot
+        move until it closes.
+        """
+        return _Busy(self)
+
+    async def __aenter__(self) -> FakeClock:
+        """Run the autojump driver until the matching exit (re-entrant; see the class doc)."""
+        self._raise_if_failed()
+        thread = threading.get_ident()
+        if self._entries and thread != self._thread:
+            raise RuntimeError(
+                "FakeClock: `async with clock:` on a second thread or event loop while it is "
+                "entered on another; one FakeClock drives one event loop at a time: give each "
+                "loop its own FakeClock"
+            )
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        entry = _Entry(tg)
+        self._thread = thread
+        self._entries.append(entry)
+        self._by_task.setdefault(anyio.get_current_task().id, []).append(entry)
+        if self._driver is None and self._error is None:
+            self._start_driver(entry)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close this entry's task group; the last exit stops the driver."""
+        task = anyio.get_current_task().id
+        stack = self._by_task.get(task)
+        if not stack:
+            raise RuntimeError(
+                "FakeClock: `async with clock:` was left in another task than the one that "
+                "entered it; enter and leave it in one task (an async fixture may set up and "
+                "tear down in different tasks: enter the clock in the test itself)"
+            )
+        entry = stack.pop()
+        if not stack:
+            del self._by_task[task]
+        self._entries.remove(entry)
+        if entry is self._driver:
+            self._stop_driver()
+            if self._entries and self._error is None:
+                self._start_driver(self._entries[0])  # the oldest open entry takes over
+        if not self._entries:
+            self._sweep()  # stopped: drop what was left, fired or collected
+        if not entry.failed:
+            # Our task group's scope was never cancelled, so `exc` is not ours to absorb; an
+            # exception of the body passes through as itself, not in an ExceptionGroup.
+            await entry.tg.__aexit__(None, None, None)
+            return
+        try:  # the body was cancelled by us when the driver failed: absorb that cancellation
+            await entry.tg.__aexit__(exc_type, exc, tb)
+        except BaseException:  # noqa: BLE001  # re-raised as the driver's failure, not lost
+            raise self._failure() from self._error
+        raise self._failure() from self._error
 
     # -- durations -------------------------------------------------------------------------------
     def _check(self, method: str, seconds: float) -> None:
@@ -263,110 +375,143 @@ class FakeClock:
             )
         return when
 
-    # -- timers ----------------------------------------------------------------------------------
-    def _register(self, timer: _Timer) -> _Timer:
+    # -- state checks ----------------------------------------------------------------------------
+    def _check_thread(self, method: str, seconds: float) -> None:
+        if self._entries and threading.get_ident() != self._thread:
+            raise RuntimeError(
+                f"FakeClock.{method}({seconds!r}) at now={self._now!r}: called from another "
+                "thread than the event loop that entered the clock; virtual time does not move "
+                "while a worker thread runs, so it would wait forever: wait on the loop (e.g. "
+                "anyio.from_thread.run), or give that thread's loop its own FakeClock"
+            )
+
+    def _check_running(self, method: str, seconds: float) -> None:
+        if not self._entries:
+            raise RuntimeError(
+                f"FakeClock.{method}({seconds!r}) at now={self._now!r}: the clock is not "
+                "running, so nothing would ever wake this sleep; enter it around the code that "
+                "sleeps: `async with clock:` (PipelineExecutor.execute does so for each run)"
+            )
+        self._check_thread(method, seconds)
+
+    def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise RuntimeError("the FakeClock driver failed") from self._error
+            raise self._failure() from self._error
+
+    def _failure(self) -> RuntimeError:
+        error = self._error
+        return RuntimeError(
+            f"FakeClock: its autojump driver failed ({type(error).__name__}: {error}), so "
+            "virtual time no longer moves by itself; use a new FakeClock (the cause below is "
+            "a bug in FakeClock unless your code patched what it calls)"
+        )
+
+    # -- timers ----------------------------------------------------------------------------------
+    def _register(self, timer: _Timer) -> None:
         heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
-        timer.live = True
-        self._live += 1
-        self._start_driver()
-        return timer
+        if len(self._heap) > self._sweep_at:  # amortised: sweep when the heap has doubled
+            self._sweep()
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            parked.set()
 
-    def _arm(self, timer: _Timer) -> None:
-        """Arm an entered scope's deadline, or cancel the scope if the deadline has passed."""
-        if timer.scope is None or timer.scope.cancel_called or timer.when == math.inf:
-            timer.live = False
-        elif timer.when <= self._now:
-            timer.live = False
-            timer.scope.cancel()
-        else:
-            self._register(timer)
+    def _sweep(self) -> None:
+        self._heap = [item for item in self._heap if item[2].alive()]
+        heapq.heapify(self._heap)
+        self._sweep_at = max(_COMPACT_AT, 2 * len(self._heap))
 
-    def _retire(self, timer: _Timer) -> None:
-        if not timer.live:
-            return
-        timer.live = False
-        self._live -= 1
-        self._dead += 1
-        if self._dead > _COMPACT_AT and self._dead > self._live:
-            self._heap = [entry for entry in self._heap if entry[2].live]
-            heapq.heapify(self._heap)
-            self._dead = 0
+    def _pending(self) -> int:
+        """Live wake-ups and deadlines (for tests)."""
+        return sum(item[2].alive() for item in self._heap)
 
     def _next_due(self) -> float | None:
         heap = self._heap
-        while heap and not heap[0][2].live:
+        while heap and not heap[0][2].alive():
             heapq.heappop(heap)
-            self._dead -= 1
         return heap[0][0] if heap else None
 
     def _fire_until(self, when: float) -> None:
         """Fire every live timer due by `when`, earliest first; time ends at `when`."""
         while (due := self._next_due()) is not None and due <= when:
             self._now = max(self._now, due)
-            timer = heapq.heappop(self._heap)[2]
-            timer.live = False
-            self._live -= 1
-            timer.fire()
+            heapq.heappop(self._heap)[2].fire()
         self._now = max(self._now, when)
 
-    # -- autojump --------------------------------------------------------------------------------
-    def _start_driver(self) -> None:
-        token = anyio.lowlevel.current_token()
-        if self._driver == token:
-            return
-        self._driver = token
-        thread = threading.Thread(
-            target=self._inject, args=(token,), name="FakeClock autojump", daemon=True
-        )
-        thread.start()
+    # -- work outside the loop -------------------------------------------------------------------
+    def _add_busy(self, delta: int) -> None:
+        with self._busy_changed:
+            self._busy += delta
+            self._busy_changed.notify_all()
 
-    def _inject(self, token: anyio.lowlevel.EventLoopToken) -> None:
-        """Helper thread: run `_drive` as a task of the loop; return when it ends."""
-        # The driver ends by itself; anything raised here means the loop ended or cancelled it.
-        with contextlib.suppress(BaseException):
-            anyio.from_thread.run(self._drive, token, token=token)
-
-    async def _drive(self, token: anyio.lowlevel.EventLoopToken) -> None:
-        """Jump to the next wake-up each time the loop is idle; end when idle with none left."""
-        try:
-            while True:
-                if not await self._idle():
-                    continue
-                due = self._next_due()
-                if due is None:
-                    return
-                self._fire_until(due)
-        except anyio.get_cancelled_exc_class():
-            return  # the loop is shutting down: end quietly, nothing is left to drive
-        except Exception as exc:  # pragma: no cover  # a bug here must not pass silently
-            self._error = exc
-            raise
-        finally:
-            if self._driver == token:
-                self._driver = None
-
-    async def _idle(self) -> bool:
-        for _ in range(_SPIN_ROUNDS):
-            await anyio.lowlevel.checkpoint()
-        await anyio.wait_all_tasks_blocked()
+    def _outside_work(self) -> bool:
         workers = anyio.to_thread.current_default_thread_limiter()
-        if not workers.borrowed_tokens:
-            return True
-        # A worker thread is running. Wait for it from a thread of our own, so that this task
-        # looks blocked meanwhile: a periodic `anyio.sleep` would make it look runnable to a
-        # test's own `anyio.wait_all_tasks_blocked()` and hold that up, 0.1 s at a time.
-        stop = threading.Event()
+        return self._busy > 0 or workers.borrowed_tokens > 0
 
-        def wait_for_workers() -> None:
-            while workers.borrowed_tokens and not stop.wait(_THREAD_POLL_S):
-                pass
+    async def _wait_outside_work(self) -> None:
+        # Wait from a thread of our own, so that the driver looks blocked meanwhile: a periodic
+        # `anyio.sleep` would make it look runnable to a test's own `wait_all_tasks_blocked()`
+        # and hold that up, 0.1 s at a time.
+        workers = anyio.to_thread.current_default_thread_limiter()
+        changed = self._busy_changed
+        stopped = False
+
+        def wait() -> None:
+            with changed:
+                while not stopped and (self._busy > 0 or workers.borrowed_tokens > 0):
+                    changed.wait(_THREAD_POLL_S)
 
         try:
             await anyio.to_thread.run_sync(
-                wait_for_workers, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+                wait, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
             )
         finally:
-            stop.set()
-        return False  # the task the thread ran for resumes now: look again once it has settled
+            with changed:
+                stopped = True
+                changed.notify_all()
+
+    # -- autojump --------------------------------------------------------------------------------
+    def _start_driver(self, entry: _Entry) -> None:
+        # Shielded: when the caller is cancelled, the body's shielded cleanup (an observer
+        # grace on this clock) may still need time to move until the entry is left.
+        scope = anyio.CancelScope(shield=True)
+        self._driver, self._driver_scope = entry, scope
+        entry.tg.start_soon(self._drive, scope, name=f"FakeClock autojump {id(self):#x}")
+
+    def _stop_driver(self) -> None:
+        if self._driver_scope is not None:
+            self._driver_scope.cancel()
+        self._driver = self._driver_scope = self._parked = None
+
+    async def _drive(self, scope: anyio.CancelScope) -> None:
+        """Jump to the next wake-up each time the loop is idle, until cancelled."""
+        with scope:
+            try:
+                while True:
+                    if self._next_due() is None:
+                        self._parked = parked = anyio.Event()
+                        await parked.wait()  # set by the next registration
+                    elif await self._settled() and (due := self._next_due()) is not None:
+                        self._fire_until(due)
+            except Exception as exc:  # noqa: BLE001  # recorded and raised, never swallowed
+                self._fail(exc)
+
+    async def _settled(self) -> bool:
+        """Whether the program is idle: every task waits and no outside work is under way."""
+        for _ in range(_SPIN_ROUNDS):
+            await anyio.lowlevel.checkpoint()
+        await anyio.wait_all_tasks_blocked()
+        if not self._outside_work():
+            return True
+        await self._wait_outside_work()
+        return False  # the task the work ran for resumes now: look again once it has settled
+
+    def _fail(self, exc: Exception) -> None:
+        """Record the driver's error; stop every entry's body and wake every sleeper with it."""
+        self._error = exc
+        self._driver = self._driver_scope = self._parked = None
+        for entry in self._entries:
+            entry.failed = True
+            entry.tg.cancel_scope.cancel()
+        for _, _, timer in self._heap:
+            if timer.live and timer.event is not None:
+                timer.event.set()

@@ -6,6 +6,7 @@ fan-out are the executor's and are tested through `PipelineExecutor` (see `recor
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
 
 from pipeline.clock import SystemClock
@@ -132,14 +133,17 @@ async def run_stage(
         msg = "run_stage: pass either context= or state/deps/metrics/services, not both"
         raise TypeError(msg)
     sid = stage_id if stage_id is not None else stage.name
+    returned: object
     if timeout_ms is None:
-        returned: object = await stage.execute(input, context)
+        returned = await stage.execute(input, context)
     else:
-        returned = None
         clock = clock if clock is not None else SystemClock()
-        with clock.deadline_scope(timeout_ms / 1000) as scope:
-            returned = await stage.execute(input, context)
-        if scope.cancelled_caught:
+        if isinstance(clock, AbstractAsyncContextManager):  # a FakeClock drives its time
+            async with clock:
+                returned, timed_out = await _bounded(stage, input, context, clock, timeout_ms)
+        else:
+            returned, timed_out = await _bounded(stage, input, context, clock, timeout_ms)
+        if timed_out:
             raise StageTimeoutError(sid, 1, timeout_ms)
     if not isinstance(returned, StageResult):
         raise StageOutputError(sid, 1, returned)
@@ -147,3 +151,16 @@ async def run_stage(
     if result.stage_name == UNKNOWN_STAGE:
         result = result.model_copy(update={"stage_name": sid})
     return StageCall(result, context)
+
+
+async def _bounded(
+    stage: PipelineStage[Any, Any],
+    input: Any,
+    context: PipelineContext[Any],
+    clock: Clock,
+    timeout_ms: float,
+) -> tuple[object, bool]:
+    returned: object = None
+    with clock.deadline_scope(timeout_ms / 1000) as scope:
+        returned = await stage.execute(input, context)
+    return returned, scope.cancelled_caught

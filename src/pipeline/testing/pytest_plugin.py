@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def fake_clock() -> FakeClock:
-    """A fresh `FakeClock` at time 0: virtual time for retry waits and timeouts."""
+    """A fresh `FakeClock` at time 0: virtual time for retry waits and timeouts.
+
+    Not entered: each executor run enters it (`async with clock:`) and so moves virtual time
+    by itself. A test that sleeps on it outside a run enters it first: `async with fake_clock:`
+    (a plain fixture cannot, as its setup and teardown would run outside the test's task).
+    """
     from pipeline.testing._clock import FakeClock
 
     return FakeClock()

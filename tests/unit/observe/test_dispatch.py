@@ -158,7 +158,8 @@ async def test_the_final_flush_is_bounded_by_grace_s() -> None:
     stuck = StuckOnce(clock, 5.0)
     bus = EventDispatcher([stuck, rec], clock=clock, grace_s=1.0)
     start = RunStarted(run_id=new_run_id(), at_s=0.0, pipeline_name="p")
-    await _cancel_while_stuck(bus, stuck, start, start)
+    async with clock:  # the clock's driver moves virtual time to the grace deadline
+        await _cancel_while_stuck(bus, stuck, start, start)
     assert rec.seen == [start]  # the second copy was queued behind a 5 s delivery: dropped
 
 

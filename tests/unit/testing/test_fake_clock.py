@@ -1,4 +1,5 @@
-"""`FakeClock` driving the executor's retry waits and timeouts."""
+"""`FakeClock` driving the executor's retry waits and timeouts, and entering it: nested,
+concurrent, manual (`advance` only) and `busy()`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pipeline import (
     StageDefinition,
 )
 from pipeline.testing import Block, Delay, Fail, FakeClock, ScriptedStage
+from tests.unit._support import BACKENDS, Backend, on_both_backends
 
 
 async def test_three_attempt_exponential_backoff_finishes_instantly(
@@ -213,24 +215,48 @@ async def test_a_sleep_longer_than_its_timeout_ends_at_the_deadline(fake_clock: 
         result = await PipelineExecutor(clock=fake_clock).execute(definition)
     assert result.failed_stages == ["slow"]
     assert fake_clock.now() == 0.5  # not 30: the cancelled sleep's wake-up is dropped
-    assert fake_clock._live == 0
+    assert fake_clock._pending() == 0
 
 
 async def test_exited_deadline_scopes_leave_the_timer_heap(fake_clock: FakeClock) -> None:
-    for _ in range(1000):
+    async def with_timeout() -> bool:
         with fake_clock.deadline_scope(10) as scope:
             await anyio.lowlevel.checkpoint()
-        assert not scope.cancel_called
-    assert fake_clock._live == 0
-    assert len(fake_clock._heap) <= 64  # retired entries are compacted away, not kept
-    not_entered = fake_clock.deadline_scope(5)
-    await fake_clock.sleep(20)  # the 1000 left deadlines at t=10 are not jumped to, nor fired
-    assert fake_clock.now() == 20
-    assert not not_entered.cancel_called  # only an entered scope's deadline is pending
-    with not_entered:  # entered past its deadline: cancelled at once
-        await anyio.lowlevel.checkpoint()
+        return scope.cancel_called
+
+    async with fake_clock:
+        for _ in range(1000):
+            assert not await with_timeout()
+        # A plain CancelScope tells no one it was left: its deadline goes once it is garbage,
+        # as soon as the function that used it returned.
+        assert fake_clock._pending() == 0
+        assert len(fake_clock._heap) <= 65  # dropped entries are swept out, not kept
+        with fake_clock.deadline_scope(10) as kept:
+            await anyio.lowlevel.checkpoint()
+        assert fake_clock._pending() == 1  # still referenced, so still pending
+        await fake_clock.sleep(20)
+        assert fake_clock.now() == 20
+    assert kept.cancel_called  # cancelled at 10 when its time came, with no one inside: harmless
+    assert not kept.cancelled_caught
+    assert fake_clock._pending() == 0
+
+
+async def test_a_deadline_counts_from_its_call_even_before_the_scope_is_entered(
+    fake_clock: FakeClock,
+) -> None:
+    cancelled: list[bool] = []
+    async with fake_clock:
+        not_entered = fake_clock.deadline_scope(5)
+        await fake_clock.sleep(3)
+        cancelled.append(not_entered.cancel_called)
+        await fake_clock.sleep(17)
+        cancelled.append(not_entered.cancel_called)  # its time came while it waited
+        assert fake_clock.now() == 20
+        with not_entered:  # entered past its deadline: cancelled at once
+            await anyio.lowlevel.checkpoint()
+    assert cancelled == [False, True]
     assert not_entered.cancelled_caught
-    assert fake_clock._live == 0
+    assert fake_clock._pending() == 0
 
 
 async def test_fan_out_with_timeouts_leaves_no_timers(fake_clock: FakeClock) -> None:
@@ -254,8 +280,8 @@ async def test_fan_out_with_timeouts_leaves_no_timers(fake_clock: FakeClock) -> 
         result = await PipelineExecutor(clock=fake_clock).execute(definition, list(range(200)))
     assert result.outputs["fan"] == list(range(200))
     assert fake_clock.now() == pytest.approx(1.99)  # the items sleep side by side
-    assert fake_clock._live == 0
-    assert len(fake_clock._heap) <= 64
+    assert fake_clock._pending() == 0
+    assert fake_clock._heap == []  # swept when the run left the clock
 
 
 async def test_advance_wakes_sleepers_in_order(fake_clock: FakeClock) -> None:
@@ -266,7 +292,7 @@ async def test_advance_wakes_sleepers_in_order(fake_clock: FakeClock) -> None:
         woke.append((name, fake_clock.now()))
 
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
+        async with fake_clock, anyio.create_task_group() as tg:
             tg.start_soon(nap, "late", 3.0)
             tg.start_soon(nap, "early", 1.0)
             await anyio.lowlevel.checkpoint()  # both registered their wake-ups
@@ -325,3 +351,122 @@ def test_overlap_and_event_timeouts_on_trio() -> None:
     assert error == "Timeout: stage 'b' exceeded timeout_ms=700"
     assert blocked_at == 0.7
     assert sleeps == [0.25, 0.5]
+
+
+# -- entering the clock: `async with clock:` runs the autojump -----------------------------------
+
+
+@on_both_backends
+async def test_entries_nest_and_the_last_exit_stops_the_clock() -> None:
+    clock = FakeClock()
+    stage = ScriptedStage(Delay(1, then="x"), clock=clock)
+    definition = PipelineDefinition("p", [StageDefinition("s", stage, timeout_ms=5000)])
+    with anyio.fail_after(5):
+        async with clock:
+            async with clock:
+                await clock.sleep(1)
+            result = await PipelineExecutor(clock=clock).execute(definition)  # enters it again
+            await clock.sleep(1)  # the outer entry still drives time after both inner exits
+    assert result.outputs == {"s": "x"}
+    assert result.total_duration_ms == 1000
+    assert clock.now() == 3.0
+    with pytest.raises(RuntimeError, match="the clock is not running"):
+        await clock.sleep(1)  # the last exit stopped it
+
+
+@on_both_backends
+async def test_concurrent_runs_share_a_clock_after_the_first_to_enter_has_left() -> None:
+    """Run `a` enters first (its entry runs the driver) and leaves at 1 s; autojump goes on for
+    run `b`, still inside: its sleep ends at 3 s and its blocked stage times out at 2 s."""
+    clock = FakeClock()
+    a_inside = anyio.Event()
+
+    async def a_stage(x: Any, ctx: PipelineContext[Any]) -> str:
+        a_inside.set()
+        await clock.sleep(1)
+        return "a"
+
+    run_a = PipelineDefinition("a", [StageDefinition("a", FunctionStage(a_stage))])
+    run_b = PipelineDefinition(
+        "b",
+        [
+            StageDefinition("slow", ScriptedStage(Delay(3, then="b"), clock=clock)),
+            StageDefinition("stuck", ScriptedStage(Block()), timeout_ms=2000, critical=False),
+        ],
+    )
+    done: list[tuple[str, float, PipelineResult]] = []
+
+    async def run(definition: PipelineDefinition) -> None:
+        result = await PipelineExecutor(clock=clock).execute(definition)
+        done.append((definition.name, clock.now(), result))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, run_a)
+            await a_inside.wait()  # `a` has entered the clock
+            tg.start_soon(run, run_b)
+    assert [(name, at) for name, at, _ in done] == [("a", 1.0), ("b", 3.0)]
+    result_b = done[1][2]
+    assert result_b.outputs == {"slow": "b"}
+    assert result_b.stage_results["stuck"].error == (
+        "Timeout: stage 'stuck' exceeded timeout_ms=2000"
+    )
+    assert result_b.stage_runs["stuck"].finished_ms == 2000
+    assert clock._driver is None  # the last exit stopped the driver
+
+
+@on_both_backends
+async def test_outside_async_with_only_advance_moves_time() -> None:
+    clock = FakeClock()  # never entered: no autojump, deadlines fire by `advance`
+    seen: list[float] = []
+    with anyio.fail_after(5):
+        with clock.deadline_scope(2) as scope:
+            await clock.advance(1.5)
+            seen.append(clock.now())
+            await anyio.lowlevel.checkpoint()  # nothing moves time by itself
+            seen.append(clock.now())
+            await clock.advance(0.5)  # reaches the deadline: cancelled at its checkpoint
+            seen.append(-1.0)
+    assert scope.cancelled_caught
+    assert seen == [1.5, 1.5]
+    assert clock.now() == 2.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mark", ["with", "async with", "none"])
+def test_busy_holds_virtual_time_while_outside_work_runs(mark: str, backend: Backend) -> None:
+    """A thread on a limiter of its own is invisible to the clock: only `busy()` holds time."""
+
+    async def scenario() -> tuple[list[bool], bool, float]:
+        clock = FakeClock()
+        own = anyio.CapacityLimiter(1)  # not anyio's default limiter, which the clock watches
+        seen: list[bool] = []
+
+        def work(real_s: float) -> None:
+            # Real work until virtual time moves (it must not, under busy()) or `real_s` pass.
+            moved = threading.Event()
+            for _ in range(int(real_s / 0.005)):
+                if clock.now() > 0:
+                    moved.set()
+                    break
+                moved.wait(0.005)
+            seen.append(moved.is_set())
+
+        with anyio.fail_after(10):
+            async with clock:
+                with clock.deadline_scope(1) as scope:
+                    if mark == "with":
+                        with clock.busy():
+                            await anyio.to_thread.run_sync(work, 0.1, limiter=own)
+                    elif mark == "async with":
+                        async with clock.busy():
+                            await anyio.to_thread.run_sync(work, 0.1, limiter=own)
+                    else:
+                        await anyio.to_thread.run_sync(work, 5.0, limiter=own)
+        return seen, scope.cancel_called, clock.now()
+
+    seen, cancelled, now = anyio.run(scenario, backend=backend)
+    if mark == "none":  # the clock saw everything wait and jumped to the deadline meanwhile
+        assert (seen, cancelled, now) == ([True], True, 1.0)
+    else:
+        assert (seen, cancelled, now) == ([False], False, 0.0)

@@ -1,4 +1,5 @@
-"""`FakeClock` at the edges: NaN, infinity, negative and sub-resolution durations, overflow.
+"""`FakeClock` at the edges: NaN, infinity, negative and sub-resolution durations, overflow; and
+misuse: a clock not entered, another thread or task, a failing driver.
 
 Each scenario runs on asyncio and trio inside `anyio.fail_after` (real seconds), so a clock that
 spins or hangs again fails the test instead of holding the run until pytest-timeout.
@@ -48,9 +49,9 @@ def guarded(scenario: Callable[[], Awaitable[None]]) -> Callable[[str], None]:
     return on_both_backends(bounded)
 
 
-async def _until_driver_done(clock: FakeClock) -> None:
-    """Wait (real time) until the autojump driver ended: idle, with nothing left to jump to."""
-    while clock._driver is not None:  # noqa: ASYNC110  # the driver sets no event to await
+async def _until_parked(clock: FakeClock) -> None:
+    """Wait (real time) until the autojump driver waits for a wake-up: nothing is pending."""
+    while clock._parked is None:  # noqa: ASYNC110  # the driver sets no event to await
         await anyio.sleep(0.001)
 
 
@@ -87,8 +88,9 @@ async def test_sleep_nan_raises_naming_the_clock_duration_time_and_fix() -> None
     assert "now=1.5" in message
     assert "pass a number of seconds" in message
     assert clock.sleeps == []  # a rejected duration is not recorded
-    assert clock._live == 0  # and never reaches the timer heap
-    await clock.sleep(1)  # the clock still works
+    assert clock._pending() == 0  # and never reaches the timer heap
+    async with clock:
+        await clock.sleep(1)  # the clock still works
     assert clock.now() == 2.5
 
 
@@ -100,7 +102,7 @@ async def test_deadline_scope_and_advance_reject_nan() -> None:
     with pytest.raises(ValueError, match=r"FakeClock\.advance\(nan\) at now=0\.0"):
         await clock.advance(math.nan)
     assert clock.now() == 0.0
-    assert clock._live == 0
+    assert clock._pending() == 0
 
 
 @pytest.mark.parametrize("start", [math.nan, math.inf, -math.inf])
@@ -130,12 +132,13 @@ async def test_a_stage_sleeping_nan_fails_instead_of_spinning() -> None:
 @guarded
 async def test_sleep_inf_waits_until_its_deadline_cancels_it() -> None:
     clock = FakeClock()
-    with clock.deadline_scope(5) as scope:
-        await clock.sleep(math.inf)
+    async with clock:
+        with clock.deadline_scope(5) as scope:
+            await clock.sleep(math.inf)
     assert scope.cancelled_caught
     assert clock.now() == 5.0
     assert clock.sleeps == [math.inf]
-    assert clock._live == 0
+    assert clock._pending() == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -158,16 +161,16 @@ def test_an_infinite_wait_never_moves_time(kind: str, backend: Backend) -> None:
                 outcome.append("deadline fired")
 
         with anyio.fail_after(_REAL_TIMEOUT_S):
-            async with anyio.create_task_group() as tg:
+            async with clock, anyio.create_task_group() as tg:
                 tg.start_soon(forever)
                 await waiting.wait()
-                await clock.sleep(1)  # a finite wake-up runs the driver while `forever` waits
-                await _until_driver_done(clock)
+                await clock.sleep(1)  # a finite wake-up to jump to while `forever` waits
+                await _until_parked(clock)  # idle, and nothing left to jump to
                 assert clock.now() == 1.0
                 assert outcome == []
                 tg.cancel_scope.cancel()  # "forever" ends when cancelled
         assert clock.now() == 1.0
-        assert clock._live == 0
+        assert clock._pending() == 0
 
     anyio.run(scenario, backend=backend)
 
@@ -175,11 +178,12 @@ def test_an_infinite_wait_never_moves_time(kind: str, backend: Backend) -> None:
 @guarded
 async def test_an_infinite_deadline_scope_lets_its_body_finish() -> None:
     clock = FakeClock()
-    with clock.deadline_scope(math.inf) as scope:
-        await clock.sleep(3)
+    async with clock:
+        with clock.deadline_scope(math.inf) as scope:
+            await clock.sleep(3)
     assert not scope.cancel_called
     assert clock.now() == 3.0
-    assert clock._live == 0
+    assert clock._pending() == 0
 
 
 @guarded
@@ -209,7 +213,7 @@ async def test_a_stage_sleeping_forever_times_out_with_finite_durations() -> Non
 @pytest.mark.parametrize("seconds", [0.0, -1.0, -math.inf])
 def test_a_non_positive_sleep_is_a_recorded_checkpoint(seconds: float, backend: Backend) -> None:
     async def scenario() -> None:
-        clock = FakeClock(start=2.0)
+        clock = FakeClock(start=2.0)  # not entered: a sleep that waits for no time needs no driver
         with anyio.fail_after(_REAL_TIMEOUT_S):
             await clock.sleep(seconds)  # returns at once (no wake-up to wait for)
             with anyio.CancelScope() as cancelled:
@@ -218,7 +222,7 @@ def test_a_non_positive_sleep_is_a_recorded_checkpoint(seconds: float, backend: 
         assert cancelled.cancelled_caught  # a checkpoint: it honours a pending cancel
         assert clock.now() == 2.0
         assert clock.sleeps == [seconds, seconds]
-        assert clock._live == 0
+        assert clock._pending() == 0
 
     anyio.run(scenario, backend=backend)
 
@@ -240,10 +244,11 @@ async def test_a_non_positive_deadline_cancels_at_once() -> None:
 async def test_a_sleep_below_float_resolution_moves_time_one_step() -> None:
     clock = FakeClock(start=_T)
     assert _T + 1e-16 == _T  # the premise: the sum rounds back to now
-    await clock.sleep(1e-16)
+    async with clock:
+        await clock.sleep(1e-16)
     assert clock.now() == _AFTER_T  # forward, by the smallest step there is
     assert clock.sleeps == [1e-16]
-    assert clock._live == 0
+    assert clock._pending() == 0
 
 
 @guarded
@@ -251,8 +256,9 @@ async def test_a_token_bucket_with_sub_resolution_waits_finishes() -> None:
     """The reported rate limiter: at t=1.48 it computed a 7.4e-17 s wait and spun forever."""
     clock = FakeClock(start=_T)
     bucket = _TokenBucket(clock, rate=3.0)
-    for _ in range(5):
-        await bucket.acquire()
+    async with clock:
+        for _ in range(5):
+            await bucket.acquire()
     assert clock.now() == pytest.approx(_T + 4 / 3)
     assert len(clock.sleeps) < 20  # a few float-step top-ups, not a spin
     assert any(0 < s < 1e-15 for s in clock.sleeps)  # the sub-resolution wait did happen
@@ -262,10 +268,11 @@ async def test_a_token_bucket_with_sub_resolution_waits_finishes() -> None:
 async def test_a_deadline_below_float_resolution_fires_one_step_later() -> None:
     clock = FakeClock(start=_T)
     entered: list[float] = []
-    with clock.deadline_scope(1e-16) as scope:
-        entered.append(clock.now())
-        await anyio.lowlevel.checkpoint()  # not cancelled at once: its time has not come
-        await anyio.sleep_forever()
+    async with clock:
+        with clock.deadline_scope(1e-16) as scope:
+            entered.append(clock.now())
+            await anyio.lowlevel.checkpoint()  # not cancelled at once: its time has not come
+            await anyio.sleep_forever()
     assert scope.cancelled_caught
     assert entered == [_T]
     assert clock.now() == _AFTER_T
@@ -280,13 +287,13 @@ async def test_advance_below_float_resolution_moves_time_and_wakes_the_sleeper()
         await clock.sleep(1e-16)
         woke.append(clock.now())
 
-    async with anyio.create_task_group() as tg:
+    async with clock, anyio.create_task_group() as tg:
         tg.start_soon(nap)
-        while clock._live == 0:  # until the sleeper registered its wake-up
+        while clock._pending() == 0:  # until the sleeper registered its wake-up
             await anyio.lowlevel.checkpoint()
         await clock.advance(1e-16)
         assert clock.now() == _AFTER_T  # moved by advance itself, not by an autojump
-        assert clock._live == 0  # and the wake-up fired
+        assert clock._pending() == 0  # and the wake-up fired
     assert woke == [_AFTER_T]
 
 
@@ -319,4 +326,105 @@ async def test_a_wake_up_past_the_largest_float_raises_instead_of_hanging() -> N
         await FakeClock(start=1e308).advance(1e308)
     assert clock.sleeps == []
     assert clock.now() == top
-    assert clock._live == 0
+    assert clock._pending() == 0
+
+
+# -- misuse: not entered, another thread or task, a failing driver -------------------------------
+
+
+@guarded
+async def test_a_sleep_on_a_clock_not_entered_raises_naming_async_with() -> None:
+    clock = FakeClock(start=1.0)
+    for seconds in (2.0, math.inf):
+        with pytest.raises(RuntimeError) as caught:
+            await clock.sleep(seconds)
+        message = str(caught.value)
+        assert message.startswith(f"FakeClock.sleep({seconds!r}) at now=1.0: ")
+        assert "the clock is not running" in message
+        assert "`async with clock:`" in message  # the fix
+    assert clock.sleeps == []  # a refused sleep is not recorded
+    assert clock._pending() == 0
+    async with clock:
+        await clock.sleep(2.0)
+    assert clock.now() == 3.0
+
+
+@guarded
+async def test_a_sleep_from_another_threads_loop_raises_instead_of_deadlocking() -> None:
+    clock = FakeClock()
+
+    async def enter() -> None:
+        async with clock:
+            pass
+
+    async with clock:
+        with pytest.raises(RuntimeError, match=r"FakeClock\.sleep\(1\.0\) .* another thread"):
+            await anyio.to_thread.run_sync(anyio.run, clock.sleep, 1.0)
+        with pytest.raises(RuntimeError, match="a second thread or event loop"):
+            await anyio.to_thread.run_sync(anyio.run, enter)
+        await clock.sleep(1)  # the clock itself is unharmed
+    assert clock.sleeps == [1]
+
+
+@guarded
+async def test_leaving_in_another_task_raises_naming_the_fix() -> None:
+    clock = FakeClock()
+    inside, release = anyio.Event(), anyio.Event()
+
+    async def holder() -> None:
+        async with clock:
+            inside.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await inside.wait()
+        with pytest.raises(RuntimeError, match=r"left in another task .* enter the clock in the"):
+            await clock.__aexit__(None, None, None)
+        await clock.sleep(1)  # still entered (by `holder`) and running
+        release.set()
+    assert clock.now() == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_driver_error_is_raised_by_every_entry_and_every_later_call(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken() -> None:
+        raise ZeroDivisionError("idle check broke")
+
+    async def scenario() -> list[BaseException]:
+        clock = FakeClock()
+        errors: list[BaseException] = []
+
+        async def enter(body: Callable[[], Awaitable[None]]) -> None:
+            try:
+                async with clock:
+                    await body()
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        monkeypatch.setattr(anyio, "wait_all_tasks_blocked", broken)
+        with anyio.fail_after(_REAL_TIMEOUT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(enter, functools.partial(clock.sleep, 1))  # runs the driver
+                await anyio.lowlevel.checkpoint()
+                tg.start_soon(enter, anyio.sleep_forever)  # a second entry: stopped too
+        assert len(errors) == 2
+        with pytest.raises(RuntimeError, match="autojump driver failed"):
+            await clock.sleep(0)
+        with pytest.raises(RuntimeError, match="autojump driver failed"):
+            await clock.advance(1)
+        with pytest.raises(RuntimeError, match="autojump driver failed"):
+            clock.deadline_scope(1)
+        with pytest.raises(RuntimeError, match="autojump driver failed"):
+            async with clock:
+                pass
+        return errors
+
+    errors = anyio.run(scenario, backend=backend)
+    for error in errors:
+        assert "FakeClock: its autojump driver failed (ZeroDivisionError: idle check broke)" in (
+            str(error)
+        )
+        assert isinstance(error.__cause__, ZeroDivisionError)  # the original, chained

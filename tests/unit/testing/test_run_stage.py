@@ -80,12 +80,13 @@ async def test_rejects_a_return_value_that_is_not_a_result() -> None:
 async def test_timeout_on_the_fake_clock() -> None:
     clock = FakeClock()
     slow = ScriptedStage(Delay(5, then="late"), name="slow", clock=clock)
-    with pytest.raises(StageTimeoutError, match="exceeded timeout_ms=100") as info:
-        await run_stage(slow, None, timeout_ms=100, clock=clock)
-    assert info.value.timeout_ms == 100
-    assert clock.now() == 0.1  # the deadline fired; the 5 s sleep it cut short never ended
-    quick = ScriptedStage(Delay(0.05, then="ok"), clock=clock)
-    assert (await run_stage(quick, None, timeout_ms=100, clock=clock)).output == "ok"
+    async with clock:  # running: virtual time jumps to the next wake-up or deadline
+        with pytest.raises(StageTimeoutError, match="exceeded timeout_ms=100") as info:
+            await run_stage(slow, None, timeout_ms=100, clock=clock)
+        assert info.value.timeout_ms == 100
+        assert clock.now() == 0.1  # the deadline fired; the 5 s sleep it cut short never ended
+        quick = ScriptedStage(Delay(0.05, then="ok"), clock=clock)
+        assert (await run_stage(quick, None, timeout_ms=100, clock=clock)).output == "ok"
 
 
 async def test_timeout_with_real_clock_default() -> None:

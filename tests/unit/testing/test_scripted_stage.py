@@ -58,7 +58,8 @@ async def test_running_out_of_script_fails_unless_repeat_last() -> None:
 async def test_delay_sleeps_on_the_given_clock() -> None:
     clock = FakeClock()
     s = ScriptedStage(Delay(2.5, then=Delay(1, then="done")), clock=clock)
-    assert (await run_stage(s, None)).output == "done"
+    async with clock:
+        assert (await run_stage(s, None)).output == "done"
     assert clock.sleeps == [2.5, 1]
     assert clock.now() == 3.5
 
