@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from pipeline import (
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
@@ -18,9 +19,17 @@ from pipeline import (
     StageDefinition,
     StageResult,
     StageStatus,
+    stage,
 )
-from pipeline.testing import FakeClock
-from tests.unit._support import BACKENDS, Backend, Fn, const, echo, on_both_backends
+from pipeline.testing import Delay, FakeClock, ScriptedStage
+from tests.unit._support import BACKENDS, Backend, on_both_backends
+
+
+@stage
+async def echo(input: Any, context: PipelineContext[Any]) -> Any:
+    """Return the input unchanged."""
+    return input
+
 
 # -- inputs ------------------------------------------------------------------------------------------
 
@@ -28,7 +37,7 @@ from tests.unit._support import BACKENDS, Backend, Fn, const, echo, on_both_back
 @on_both_backends
 async def test_inputs_none_one_several() -> None:
     """No inputs: initial input; one: that output; several: dict in declared order."""
-    a, b, c, d = echo(), const("B"), echo(), echo()
+    a, b, c, d = ScriptedStage("A"), ScriptedStage("B"), ScriptedStage("C"), ScriptedStage("D")
     pipeline = PipelineDefinition(
         "inputs",
         [
@@ -42,11 +51,11 @@ async def test_inputs_none_one_several() -> None:
     assert result.success
     assert a.inputs == ["seed"]
     assert b.inputs == ["seed"]
-    assert c.inputs == ["seed"]
+    assert c.inputs == ["A"]
     (d_input,) = d.inputs
-    assert d_input == {"c": "seed", "b": "B", "a": "seed"}
+    assert d_input == {"c": "C", "b": "B", "a": "A"}
     assert list(d_input) == ["c", "b", "a"]
-    assert result.outputs == {"a": "seed", "b": "B", "c": "seed", "d": d_input}
+    assert result.outputs == {"a": "A", "b": "B", "c": "C", "d": "D"}
 
 
 @on_both_backends
@@ -59,7 +68,7 @@ async def test_initial_input_defaults_to_none_and_context_is_created() -> None:
         return StageResult.success(1)
 
     result = await PipelineExecutor().execute(
-        PipelineDefinition("p", [StageDefinition("a", Fn(body))])
+        PipelineDefinition("p", [StageDefinition("a", FunctionStage(body))])
     )
     assert result.success
     assert seen == [(None, True)]
@@ -81,8 +90,8 @@ async def test_every_stage_sees_the_same_context() -> None:
     pipeline = PipelineDefinition(
         "p",
         [
-            StageDefinition("p", Fn(producer)),
-            StageDefinition("c", Fn(consumer), inputs=["p"]),
+            StageDefinition("p", FunctionStage(producer)),
+            StageDefinition("c", FunctionStage(consumer), inputs=["p"]),
         ],
     )
     result = await PipelineExecutor().execute(pipeline, None, ctx)
@@ -95,22 +104,22 @@ async def test_every_stage_sees_the_same_context() -> None:
 def _rendezvous_pipeline(log: list[str]) -> PipelineDefinition:
     left_in, right_in = anyio.Event(), anyio.Event()
 
-    def meet(mine: anyio.Event, other: anyio.Event, name: str) -> Fn:
+    def meet(mine: anyio.Event, other: anyio.Event, name: str) -> FunctionStage[Any, Any]:
         async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
             mine.set()
             await other.wait()  # deadlocks unless the sibling runs at the same time
             log.append(name)
             return StageResult.success(name)
 
-        return Fn(body)
+        return FunctionStage(body)
 
     return PipelineDefinition(
         "siblings",
         [
-            StageDefinition("root", const(0)),
+            StageDefinition("root", ScriptedStage(0)),
             StageDefinition("left", meet(left_in, right_in, "left"), inputs=["root"]),
             StageDefinition("right", meet(right_in, left_in, "right"), inputs=["root"]),
-            StageDefinition("join", echo(), inputs=["left", "right"]),
+            StageDefinition("join", echo, inputs=["left", "right"]),
         ],
     )
 
@@ -153,9 +162,9 @@ def _waves_probe_pipeline(observed: dict[str, bool]) -> PipelineDefinition:
     return PipelineDefinition(
         "probe",
         [
-            StageDefinition("slow", Fn(slow)),
-            StageDefinition("fast", Fn(fast)),
-            StageDefinition("next", Fn(nxt), inputs=["fast"]),
+            StageDefinition("slow", FunctionStage(slow)),
+            StageDefinition("fast", FunctionStage(fast)),
+            StageDefinition("next", FunctionStage(nxt), inputs=["fast"]),
         ],
     )
 
@@ -205,9 +214,9 @@ async def test_eager_starts_stage_while_other_wave_runs() -> None:
     pipeline = PipelineDefinition(
         "eager",
         [
-            StageDefinition("slow", Fn(slow)),
-            StageDefinition("fast", const(1)),
-            StageDefinition("next", Fn(nxt), inputs=["fast"]),
+            StageDefinition("slow", FunctionStage(slow)),
+            StageDefinition("fast", ScriptedStage(1)),
+            StageDefinition("next", FunctionStage(nxt), inputs=["fast"]),
         ],
     )
     with anyio.fail_after(2):
@@ -236,13 +245,10 @@ def test_bad_pipeline_timeout_is_rejected(timeout_ms: float) -> None:
 @on_both_backends
 async def test_unknown_stage_name_is_filled_with_stage_id() -> None:
     """A result left with stage_name "unknown" gets the stage id; a given name is kept."""
-
-    async def named(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(1, stage_name="custom")
-
+    named = ScriptedStage(StageResult.success(1, stage_name="custom"))
     pipeline = PipelineDefinition(
         "names",
-        [StageDefinition("anon", const(1)), StageDefinition("named", Fn(named))],
+        [StageDefinition("anon", ScriptedStage(1)), StageDefinition("named", named)],
     )
     result = await PipelineExecutor().execute(pipeline)
     assert result.get_result("anon").stage_name == "anon"
@@ -259,7 +265,7 @@ async def test_metadata_is_a_copy_of_context_metrics() -> None:
         return StageResult.success(None)
 
     ctx = PipelineContext(metrics={"preexisting": 1})
-    pipeline = PipelineDefinition("m", [StageDefinition("a", Fn(body))])
+    pipeline = PipelineDefinition("m", [StageDefinition("a", FunctionStage(body))])
     result = await PipelineExecutor().execute(pipeline, None, ctx)
     assert result.metadata == {"preexisting": 1, "duration_ms": 1234, "calls": 1}
     ctx.add_metric("later", 2)
@@ -272,9 +278,9 @@ async def test_result_lists_and_get_output() -> None:
     pipeline = PipelineDefinition(
         "lists",
         [
-            StageDefinition("a", const(1)),
-            StageDefinition("skip", const(2), condition=lambda ctx: False, inputs=["a"]),
-            StageDefinition("b", echo(), inputs=["skip"]),
+            StageDefinition("a", ScriptedStage(1)),
+            StageDefinition("skip", ScriptedStage(2), condition=lambda ctx: False, inputs=["a"]),
+            StageDefinition("b", echo, inputs=["skip"]),
         ],
     )
     result = await PipelineExecutor().execute(pipeline)
@@ -296,19 +302,11 @@ async def test_result_lists_and_get_output() -> None:
 async def test_run_records_use_the_clock() -> None:
     """Start, finish and duration come from the executor's clock, in ms from the run start."""
     clock = FakeClock(start=100.0)
-
-    def sleeper(seconds: float, value: str) -> Fn:
-        async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-            await clock.sleep(seconds)
-            return StageResult.success(value)
-
-        return Fn(body)
-
     pipeline = PipelineDefinition(
         "timed",
         [
-            StageDefinition("a", sleeper(1.0, "a")),
-            StageDefinition("b", sleeper(2.0, "b"), inputs=["a"]),
+            StageDefinition("a", ScriptedStage(Delay(1.0, then="a"), clock=clock)),
+            StageDefinition("b", ScriptedStage(Delay(2.0, then="b"), clock=clock), inputs=["a"]),
         ],
     )
     result = await PipelineExecutor(clock=clock).execute(pipeline)
@@ -331,7 +329,7 @@ async def test_run_records_use_the_clock() -> None:
 @on_both_backends
 async def test_invalid_definition_gives_validation_failure() -> None:
     """An invalid definition is not run: success False, failed_stages == ["validation"]."""
-    stage = const(1)
+    stage = ScriptedStage(1)
     ctx = PipelineContext(metrics={"m": 1})
     pipeline = PipelineDefinition(
         "bad", [StageDefinition("a", stage, inputs=["ghost"]), StageDefinition("b", stage)]
@@ -343,13 +341,13 @@ async def test_invalid_definition_gives_validation_failure() -> None:
     assert any("ghost" in m for m in result.metadata["validation_errors"])
     assert result.metadata["m"] == 1
     assert result.outputs == {}
-    assert stage.calls == 0
+    assert stage.call_count == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_run_sync(backend: Backend) -> None:
     pipeline = PipelineDefinition(
-        "sync", [StageDefinition("a", echo()), StageDefinition("b", echo(), inputs=["a"])]
+        "sync", [StageDefinition("a", echo), StageDefinition("b", echo, inputs=["a"])]
     )
     result = PipelineExecutor().run_sync(pipeline, 5, backend=backend)
     assert result.success
@@ -360,13 +358,13 @@ def test_run_sync_passes_context() -> None:
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
         return StageResult.success(context.provider)
 
-    pipeline = PipelineDefinition("sync", [StageDefinition("a", Fn(body))])
+    pipeline = PipelineDefinition("sync", [StageDefinition("a", FunctionStage(body))])
     result = PipelineExecutor().run_sync(pipeline, None, PipelineContext(provider="llm"))
     assert result.outputs == {"a": "llm"}
 
 
 async def test_plain_async_test_on_asyncio() -> None:
-    pipeline = PipelineDefinition("p", [StageDefinition("a", const([1, 2]))])
+    pipeline = PipelineDefinition("p", [StageDefinition("a", ScriptedStage([1, 2]))])
     result = await PipelineExecutor().execute(pipeline)
     assert result.outputs == {"a": [1, 2]}
 
@@ -374,8 +372,8 @@ async def test_plain_async_test_on_asyncio() -> None:
 @on_both_backends
 async def test_queue_wait_is_never_negative_for_stages_run_back_to_back() -> None:
     """A stage run by the task that just finished its input still waited >= 0 ms (real clock)."""
-    stages = [StageDefinition("s0", echo())]
-    stages += [StageDefinition(f"s{i}", echo(), inputs=[f"s{i - 1}"]) for i in range(1, 20)]
+    stages = [StageDefinition("s0", echo)]
+    stages += [StageDefinition(f"s{i}", echo, inputs=[f"s{i - 1}"]) for i in range(1, 20)]
     for scheduling in ("waves", "eager"):
         result = await PipelineExecutor(scheduling=scheduling).execute(
             PipelineDefinition("chain", stages), 1

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline import (
     ExecutionPattern,
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
@@ -23,10 +24,11 @@ from pipeline import (
     StageResult,
     StageStatus,
 )
-from tests.unit._support import BACKENDS, Backend, Fn, const, echo, on_both_backends
+from pipeline.testing import Block, ScriptedStage
+from tests.unit._support import BACKENDS, Backend, on_both_backends
 
 
-def blocker(started: anyio.Event, finished: list[str], name: str) -> Fn:
+def blocker(started: anyio.Event, finished: list[str], name: str) -> FunctionStage[Any, Any]:
     """Signals `started`, then waits forever; records `name` in `finished` when unwound."""
 
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
@@ -37,7 +39,7 @@ def blocker(started: anyio.Event, finished: list[str], name: str) -> Fn:
             finished.append(name)
         return StageResult.success("never")
 
-    return Fn(body)
+    return FunctionStage(body)
 
 
 def running_task_ids() -> set[int]:
@@ -58,11 +60,11 @@ async def test_cancel_from_inside_a_stage() -> None:
         context.cancel("user pressed stop")
         return StageResult.success("stopped")
 
-    later = echo()
+    later = ScriptedStage("later")
     pipeline = PipelineDefinition(
         "c",
         [
-            StageDefinition("stopper", Fn(stopper)),
+            StageDefinition("stopper", FunctionStage(stopper)),
             StageDefinition("sibling", blocker(sibling_started, unwound, "sibling")),
             StageDefinition("later", later, inputs=["stopper"]),
         ],
@@ -72,7 +74,7 @@ async def test_cancel_from_inside_a_stage() -> None:
         result = await PipelineExecutor().execute(pipeline, None, ctx)
     assert result.success is False
     assert unwound == ["sibling"]
-    assert later.calls == 0
+    assert later.call_count == 0
     assert result.cancelled_stages == ["sibling", "later"]
     assert result.get_result("later").error == "[CANCELLED] not started"
     assert result.metadata["cancellation"] == {"reason": "user pressed stop"}
@@ -86,11 +88,11 @@ def test_cancel_from_another_task(backend: Backend, scheduling: Scheduling) -> N
     async def scenario() -> None:
         started = anyio.Event()
         unwound: list[str] = []
-        later = echo()
+        later = ScriptedStage("later")
         pipeline = PipelineDefinition(
             "c",
             [
-                StageDefinition("first", const(1)),
+                StageDefinition("first", ScriptedStage(1)),
                 StageDefinition("slow", blocker(started, unwound, "slow"), inputs=["first"]),
                 StageDefinition("later", later, inputs=["slow"]),
             ],
@@ -111,7 +113,7 @@ def test_cancel_from_another_task(backend: Backend, scheduling: Scheduling) -> N
         assert unwound == ["slow"]
         assert result.cancelled_stages == ["slow", "later"]
         assert result.get_result("slow").status is StageStatus.CANCELLED
-        assert later.calls == 0
+        assert later.call_count == 0
         assert result.metadata["cancellation"]["reason"] == "operator abort"
         assert result.outputs == {"first": 1}
 
@@ -132,7 +134,7 @@ async def test_cancel_from_a_worker_thread() -> None:
     pipeline = PipelineDefinition(
         "c",
         [
-            StageDefinition("stopper", Fn(stopper)),
+            StageDefinition("stopper", FunctionStage(stopper)),
             StageDefinition("slow", blocker(started, unwound, "slow")),
         ],
     )
@@ -150,7 +152,7 @@ async def test_anyio_event_token_set_by_another_task() -> None:
     token = anyio.Event()
     started = anyio.Event()
     unwound: list[str] = []
-    later = echo()
+    later = ScriptedStage("later")
     pipeline = PipelineDefinition(
         "c",
         [
@@ -174,7 +176,7 @@ async def test_anyio_event_token_set_by_another_task() -> None:
     assert unwound == ["slow"]
     assert result.cancelled_stages == ["slow", "later"]
     assert "cancellation" in result.metadata
-    assert later.calls == 0
+    assert later.call_count == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -189,11 +191,11 @@ def test_threading_event_token_checked_at_stage_boundaries(
             token.set()  # e.g. a signal handler in another thread
             return StageResult.success("first")
 
-        second, third = echo(), echo()
+        second, third = ScriptedStage("second"), ScriptedStage("third")
         pipeline = PipelineDefinition(
             "c",
             [
-                StageDefinition("first", Fn(first)),
+                StageDefinition("first", FunctionStage(first)),
                 StageDefinition("second", second, inputs=["first"]),
                 StageDefinition("third", third, inputs=["second"]),
             ],
@@ -204,7 +206,7 @@ def test_threading_event_token_checked_at_stage_boundaries(
         assert result.success is False
         assert result.outputs == {"first": "first"}
         assert result.cancelled_stages == ["second", "third"]
-        assert second.calls == third.calls == 0
+        assert second.call_count == third.call_count == 0
         assert "cancellation" in result.metadata
 
     anyio.run(scenario, backend=backend)
@@ -215,11 +217,11 @@ async def test_token_already_set_runs_nothing() -> None:
     """A run whose token is set before it starts runs no stage."""
     token = threading.Event()
     token.set()
-    stage = const(1)
+    stage = ScriptedStage(1)
     pipeline = PipelineDefinition("c", [StageDefinition("a", stage)])
     result = await PipelineExecutor().execute(pipeline, None, PipelineContext(cancel_token=token))
     assert result.success is False
-    assert stage.calls == 0
+    assert stage.call_count == 0
     assert result.cancelled_stages == ["a"]
     assert "cancellation" in result.metadata
 
@@ -252,7 +254,7 @@ def test_cancelling_the_caller_propagates_and_leaves_no_task(
                 unwound.append(1)
             return StageResult.success(input)
 
-        stage = Fn(body)
+        stage = FunctionStage(body)
         stages = [StageDefinition("a", stage, pattern=pattern, max_concurrent_fan_out=None)]
         if pattern is ExecutionPattern.SEQUENTIAL:
             stages.append(StageDefinition("b", stage))
@@ -318,10 +320,8 @@ async def test_cancel_scope_around_execute() -> None:
 def test_interrupts_in_a_stage_reach_the_caller_unwrapped(
     backend: Backend, pattern: ExecutionPattern, interrupt: BaseException
 ) -> None:
-    async def leave(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise interrupt
-
-    definition = PipelineDefinition("exit", [StageDefinition("leave", Fn(leave), pattern=pattern)])
+    leave = ScriptedStage(interrupt, repeat_last=True)  # a fan-out calls it once per item
+    definition = PipelineDefinition("exit", [StageDefinition("leave", leave, pattern=pattern)])
 
     async def scenario() -> None:
         await PipelineExecutor().execute(definition, [1, 2])
@@ -335,16 +335,8 @@ def test_interrupts_in_a_stage_reach_the_caller_unwrapped(
 async def test_a_threading_event_token_cancels_stages_in_flight() -> None:
     """A token that cannot be awaited is polled: blocked stages are cancelled, not waited for."""
     token = threading.Event()
-    started = anyio.Event()
-
-    async def block(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        started.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    definition = PipelineDefinition(
-        "tok", [StageDefinition("a", Fn(block)), StageDefinition("b", Fn(block))]
-    )
+    a, b = ScriptedStage(Block()), ScriptedStage(Block())
+    definition = PipelineDefinition("tok", [StageDefinition("a", a), StageDefinition("b", b)])
     holder: list[PipelineResult] = []
     tasks_before = running_task_ids()
 
@@ -355,7 +347,7 @@ async def test_a_threading_event_token_cancels_stages_in_flight() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            await started.wait()
+            await a.wait_for_calls()
             token.set()
     result = holder[0]
     assert not result.success
@@ -371,7 +363,7 @@ async def test_an_asyncio_event_token_set_by_another_task_cancels_the_run() -> N
     token = asyncio.Event()
     started = anyio.Event()
     unwound: list[str] = []
-    later = echo()
+    later = ScriptedStage("later")
     pipeline = PipelineDefinition(
         "c",
         [
@@ -395,7 +387,7 @@ async def test_an_asyncio_event_token_set_by_another_task_cancels_the_run() -> N
     assert result.success is False
     assert unwound == ["slow"]
     assert result.cancelled_stages == ["slow", "later"]
-    assert later.calls == 0
+    assert later.call_count == 0
     assert "cancellation" in result.metadata
 
 
@@ -408,22 +400,16 @@ async def test_observers_see_the_end_of_a_run_whose_caller_was_cancelled() -> No
         def on_event(self, event: Any) -> None:
             events.append(event)
 
-    started = anyio.Event()
-
-    async def block(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        started.set()
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
+    a = ScriptedStage(Block())
     definition = PipelineDefinition(
         "caller",
-        [StageDefinition("a", Fn(block)), StageDefinition("after", const(1), inputs=["a"])],
+        [StageDefinition("a", a), StageDefinition("after", ScriptedStage(1), inputs=["a"])],
     )
     executor = PipelineExecutor(observers=[Collect()])
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(executor.execute, definition)
-            await started.wait()
+            await a.wait_for_calls()
             tg.cancel_scope.cancel()
     finished = {e.stage_id: e.status for e in events if e.kind == "stage_finished"}
     assert finished == {"a": StageStatus.CANCELLED, "after": StageStatus.CANCELLED}
@@ -446,11 +432,11 @@ async def test_a_stray_cancelled_error_fails_its_stage_and_the_run() -> None:
         await future
         return StageResult.success("unreachable")
 
-    downstream = const("never")
+    downstream = ScriptedStage("never")
     pipeline = PipelineDefinition(
         "stray",
         [
-            StageDefinition("fetch", Fn(awaits_cancelled_future)),
+            StageDefinition("fetch", FunctionStage(awaits_cancelled_future)),
             StageDefinition("use", downstream, inputs=["fetch"]),
         ],
     )
@@ -460,7 +446,7 @@ async def test_a_stray_cancelled_error_fails_its_stage_and_the_run() -> None:
     assert result.failed_stages == ["fetch"]
     assert (result.get_result("fetch").error or "").startswith("CancelledError")
     assert result.stage_runs["use"].error == "[CANCELLED] not started"
-    assert downstream.calls == 0
+    assert downstream.call_count == 0
 
 
 async def test_a_stray_cancel_racing_a_fail_fast_stop_is_reported_as_cancelled_by_it() -> None:
@@ -471,23 +457,16 @@ async def test_a_stray_cancel_racing_a_fail_fast_stop_is_reported_as_cancelled_b
     """
     import asyncio  # noqa: TID251  # the stray CancelledError under test is asyncio's
 
-    from pipeline.testing import FakeClock
+    from pipeline.testing import Delay, Fail, FakeClock
 
     clock = FakeClock()
-
-    async def fails_at_5(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        await clock.sleep(5)
-        return StageResult.failure("boom")
-
-    async def stray_at_5(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        await clock.sleep(5)
-        raise asyncio.CancelledError("stray")
-
+    fails_at_5 = ScriptedStage(Delay(5, then=Fail("boom")), clock=clock)
+    stray_at_5 = ScriptedStage(Delay(5, then=asyncio.CancelledError("stray")), clock=clock)
     pipeline = PipelineDefinition(
         "race",
         [
-            StageDefinition("a", Fn(fails_at_5)),
-            StageDefinition("b", Fn(stray_at_5), critical=False),
+            StageDefinition("a", fails_at_5),
+            StageDefinition("b", stray_at_5, critical=False),
         ],
     )
     with anyio.fail_after(5):
@@ -521,12 +500,12 @@ async def test_a_stage_queued_for_a_worker_when_the_caller_cancels_is_cancelled(
         await anyio.sleep_forever()
         return StageResult.success("never")
 
-    second = const("never")
+    second = ScriptedStage("never")
     pipeline = PipelineDefinition(
         "queued",
         [
-            StageDefinition("src", const(1)),
-            StageDefinition("first", Fn(cancels_the_caller), inputs=["src"]),
+            StageDefinition("src", ScriptedStage(1)),
+            StageDefinition("first", FunctionStage(cancels_the_caller), inputs=["src"]),
             StageDefinition("second", second, inputs=["src"]),
         ],
     )

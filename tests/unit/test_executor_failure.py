@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import (
     ExecutionPattern,
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
@@ -20,8 +21,17 @@ from pipeline import (
     StageDefinition,
     StageResult,
     StageStatus,
+    stage,
 )
-from tests.unit._support import BACKENDS, Backend, Fn, const, echo, fail, on_both_backends, raising
+from pipeline.testing import Fail, ScriptedStage
+from tests.unit._support import BACKENDS, Backend, on_both_backends
+
+
+@stage
+async def echo(input: Any, context: PipelineContext[Any]) -> Any:
+    """Return the input unchanged."""
+    return input
+
 
 # -- exceptions and bad returns --------------------------------------------------------------------
 
@@ -33,7 +43,7 @@ async def test_exception_becomes_failure_with_traceback() -> None:
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
         raise ValueError("bad audio file")
 
-    pipeline = PipelineDefinition("p", [StageDefinition("audio", Fn(body))])
+    pipeline = PipelineDefinition("p", [StageDefinition("audio", FunctionStage(body))])
     result = await PipelineExecutor().execute(pipeline)
     assert result.success is False
     assert result.failed_stages == ["audio"]
@@ -73,7 +83,8 @@ async def test_non_stage_result_return_is_a_failure_naming_the_stage() -> None:
 @on_both_backends
 async def test_failed_result_without_exception() -> None:
     """A returned failure keeps its error text and no traceback."""
-    pipeline = PipelineDefinition("p", [StageDefinition("a", fail("No lyrics available"))])
+    no_lyrics = ScriptedStage(Fail("No lyrics available"))
+    pipeline = PipelineDefinition("p", [StageDefinition("a", no_lyrics)])
     result = await PipelineExecutor().execute(pipeline)
     assert result.success is False
     assert result.get_result("a").error == "No lyrics available"
@@ -93,11 +104,9 @@ async def test_a_user_base_exception_is_the_stage_failure() -> None:
     (Before SPEC 7 any BaseException propagated; a library's own BaseException subclass then
     tore down the caller's run instead of failing the stage that raised it.)
     """
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise Abort("stop everything")
-
-    pipeline = PipelineDefinition("p", [StageDefinition("a", Fn(body))])
+    pipeline = PipelineDefinition(
+        "p", [StageDefinition("a", ScriptedStage(Abort("stop everything")))]
+    )
     result = await PipelineExecutor().execute(pipeline)
     assert not result.success
     assert result.get_result("a").error == "Abort: stop everything"
@@ -110,11 +119,11 @@ async def test_a_user_base_exception_is_the_stage_failure() -> None:
 @on_both_backends
 async def test_sync_condition_false_skips_and_dependents_get_none() -> None:
     """A false condition skips the stage; dependents still run and receive None for it."""
-    skipped, dependent = const("lyrics"), echo()
+    skipped, dependent = ScriptedStage("lyrics"), ScriptedStage("macro")
     pipeline = PipelineDefinition(
         "cond",
         [
-            StageDefinition("audio", const("audio")),
+            StageDefinition("audio", ScriptedStage("audio")),
             StageDefinition(
                 "lyrics",
                 skipped,
@@ -127,7 +136,7 @@ async def test_sync_condition_false_skips_and_dependents_get_none() -> None:
     )
     result = await PipelineExecutor().execute(pipeline)
     assert result.success
-    assert skipped.calls == 0
+    assert skipped.call_count == 0
     assert result.skipped_stages == ["lyrics"]
     lyrics = result.get_result("lyrics")
     assert lyrics.status is StageStatus.SKIPPED
@@ -141,11 +150,11 @@ async def test_sync_condition_false_skips_and_dependents_get_none() -> None:
 @on_both_backends
 async def test_condition_true_runs_the_stage() -> None:
     """A true condition (on any pattern) lets the stage run."""
-    stage = echo()
+    stage = ScriptedStage("ran")
     pipeline = PipelineDefinition("cond", [StageDefinition("a", stage, condition=lambda ctx: True)])
     result = await PipelineExecutor().execute(pipeline, 3)
-    assert result.outputs == {"a": 3}
-    assert stage.calls == 1
+    assert result.outputs == {"a": "ran"}
+    assert stage.inputs == [3]
 
 
 @on_both_backends
@@ -159,10 +168,10 @@ async def test_condition_sees_state_set_by_upstream_stage() -> None:
     pipeline = PipelineDefinition(
         "cond",
         [
-            StageDefinition("audio", Fn(analyse)),
+            StageDefinition("audio", FunctionStage(analyse)),
             StageDefinition(
                 "lyrics",
-                echo(),
+                echo,
                 pattern=ExecutionPattern.CONDITIONAL,
                 inputs=["audio"],
                 condition=lambda ctx: ctx.get_state("has_lyrics", False),
@@ -177,7 +186,7 @@ async def test_condition_sees_state_set_by_upstream_stage() -> None:
 @pytest.mark.parametrize("verdict", [True, False])
 def test_async_condition(backend: Backend, verdict: bool) -> None:
     async def scenario() -> None:
-        stage = const("ran")
+        stage = ScriptedStage("ran")
 
         async def condition(ctx: PipelineContext[Any]) -> bool:
             await anyio.lowlevel.checkpoint()
@@ -186,7 +195,7 @@ def test_async_condition(backend: Backend, verdict: bool) -> None:
         pipeline = PipelineDefinition("cond", [StageDefinition("a", stage, condition=condition)])
         result = await PipelineExecutor().execute(pipeline)
         assert result.success
-        assert stage.calls == (1 if verdict else 0)
+        assert stage.call_count == (1 if verdict else 0)
         expected = StageStatus.SUCCEEDED if verdict else StageStatus.SKIPPED
         assert result.get_result("a").status is expected
 
@@ -196,7 +205,7 @@ def test_async_condition(backend: Backend, verdict: bool) -> None:
 @on_both_backends
 async def test_raising_condition_fails_the_stage() -> None:
     """A condition that raises fails its stage (and the run, the stage being critical)."""
-    stage = const(1)
+    stage = ScriptedStage(1)
 
     def condition(ctx: PipelineContext[Any]) -> bool:
         raise RuntimeError("no config")
@@ -209,7 +218,7 @@ async def test_raising_condition_fails_the_stage() -> None:
     assert error is not None
     assert "RuntimeError" in error
     assert "no config" in error
-    assert stage.calls == 0
+    assert stage.call_count == 0
 
 
 # -- fail-fast ------------------------------------------------------------------------------------------
@@ -236,14 +245,14 @@ def test_fail_fast_cancels_in_flight_sibling_and_never_starts_downstream(
             await blocker_started.wait()
             return StageResult.failure("render failed")
 
-        downstream = echo()
+        downstream = ScriptedStage("downstream")
         pipeline = PipelineDefinition(
             "ff",
             [
-                StageDefinition("blocker", Fn(block)),
-                StageDefinition("failing", Fn(fail_later)),
+                StageDefinition("blocker", FunctionStage(block)),
+                StageDefinition("failing", FunctionStage(fail_later)),
                 StageDefinition("downstream", downstream, inputs=["failing"]),
-                StageDefinition("after_blocker", echo(), inputs=["blocker"]),
+                StageDefinition("after_blocker", echo, inputs=["blocker"]),
             ],
         )
         with anyio.fail_after(2):
@@ -253,7 +262,7 @@ def test_fail_fast_cancels_in_flight_sibling_and_never_starts_downstream(
         assert result.failed_stages == ["failing"]
         assert result.cancelled_stages == ["blocker", "downstream", "after_blocker"]
         assert result.get_result("blocker").status is StageStatus.CANCELLED
-        assert downstream.calls == 0
+        assert downstream.call_count == 0
         not_started = result.get_result("downstream")
         assert not_started.status is StageStatus.CANCELLED
         assert not_started.error == "[CANCELLED] not started"
@@ -267,11 +276,11 @@ def test_fail_fast_cancels_in_flight_sibling_and_never_starts_downstream(
 @on_both_backends
 async def test_fail_fast_on_raised_exception() -> None:
     """An exception in a critical stage triggers fail-fast just like a failed result."""
-    downstream = echo()
+    downstream = ScriptedStage("b")
     pipeline = PipelineDefinition(
         "ff",
         [
-            StageDefinition("a", raising(KeyError("k"))),
+            StageDefinition("a", ScriptedStage(KeyError("k"))),
             StageDefinition("b", downstream, inputs=["a"]),
         ],
     )
@@ -279,7 +288,7 @@ async def test_fail_fast_on_raised_exception() -> None:
     assert result.success is False
     assert result.failed_stages == ["a"]
     assert result.cancelled_stages == ["b"]
-    assert downstream.calls == 0
+    assert downstream.call_count == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -288,16 +297,17 @@ def test_without_fail_fast_independent_branches_finish(
     backend: Backend, scheduling: Scheduling
 ) -> None:
     async def scenario() -> None:
-        independent, child, grandchild = const("ok"), echo(), echo()
+        independent = ScriptedStage("ok")
+        child, grandchild = ScriptedStage("child"), ScriptedStage("grandchild")
         pipeline = PipelineDefinition(
             "no-ff",
             [
-                StageDefinition("root", const(0)),
-                StageDefinition("bad", fail("boom"), inputs=["root"]),
+                StageDefinition("root", ScriptedStage(0)),
+                StageDefinition("bad", ScriptedStage(Fail("boom")), inputs=["root"]),
                 StageDefinition("other", independent, inputs=["root"]),
                 StageDefinition("child", child, inputs=["bad"]),
                 StageDefinition("grandchild", grandchild, inputs=["child", "other"]),
-                StageDefinition("tail", echo(), inputs=["other"]),
+                StageDefinition("tail", echo, inputs=["other"]),
             ],
             fail_fast=False,
         )
@@ -310,7 +320,7 @@ def test_without_fail_fast_independent_branches_finish(
             r = result.get_result(sid)
             assert r.status is StageStatus.SKIPPED
             assert r.metadata["skip_reason"] == "upstream failed"
-        assert child.calls == grandchild.calls == 0
+        assert child.call_count == grandchild.call_count == 0
         assert result.outputs == {"root": 0, "other": "ok", "tail": "ok"}
 
     anyio.run(scenario, backend=backend)
@@ -319,14 +329,14 @@ def test_without_fail_fast_independent_branches_finish(
 @on_both_backends
 async def test_condition_skip_does_not_propagate_but_upstream_failure_does() -> None:
     """A condition skip lets dependents run; an upstream-failed skip skips them too."""
-    after_cond = echo()
+    after_cond = ScriptedStage("after")
     pipeline = PipelineDefinition(
         "mix",
         [
-            StageDefinition("cond", const(1), condition=lambda ctx: False),
+            StageDefinition("cond", ScriptedStage(1), condition=lambda ctx: False),
             StageDefinition("after_cond", after_cond, inputs=["cond"]),
-            StageDefinition("bad", fail("x")),
-            StageDefinition("after_bad", echo(), inputs=["bad"]),
+            StageDefinition("bad", ScriptedStage(Fail("x"))),
+            StageDefinition("after_bad", echo, inputs=["bad"]),
         ],
         fail_fast=False,
     )
@@ -341,12 +351,12 @@ async def test_condition_skip_does_not_propagate_but_upstream_failure_does() -> 
 @pytest.mark.parametrize("fail_fast", [True, False])
 def test_non_critical_failure_does_not_stop_the_run(backend: Backend, fail_fast: bool) -> None:
     async def scenario() -> None:
-        dependent = echo()
+        dependent = ScriptedStage("next")
         pipeline = PipelineDefinition(
             "soft",
             [
-                StageDefinition("judge", fail("budget exhausted"), critical=False),
-                StageDefinition("sibling", const("s")),
+                StageDefinition("judge", ScriptedStage(Fail("budget exhausted")), critical=False),
+                StageDefinition("sibling", ScriptedStage("s")),
                 StageDefinition("next", dependent, inputs=["judge"]),
             ],
             fail_fast=fail_fast,
@@ -356,7 +366,7 @@ def test_non_critical_failure_does_not_stop_the_run(backend: Backend, fail_fast:
         assert result.failed_stages == ["judge"]
         assert result.get_result("judge").error == "budget exhausted"
         assert dependent.inputs == [None]
-        assert result.outputs == {"sibling": "s", "next": None}
+        assert result.outputs == {"sibling": "s", "next": "next"}
         assert result.cancelled_stages == []
 
     anyio.run(scenario, backend=backend)
@@ -368,8 +378,8 @@ async def test_non_critical_exception_does_not_stop_the_run() -> None:
     pipeline = PipelineDefinition(
         "soft",
         [
-            StageDefinition("opt", raising(RuntimeError("meh")), critical=False),
-            StageDefinition("next", echo(), inputs=["opt"]),
+            StageDefinition("opt", ScriptedStage(RuntimeError("meh")), critical=False),
+            StageDefinition("next", echo, inputs=["opt"]),
         ],
     )
     result = await PipelineExecutor().execute(pipeline)

@@ -13,19 +13,34 @@ import pytest
 
 from pipeline import (
     ExecutionPattern,
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
+    PipelineStage,
     RetryConfig,
     StageDefinition,
     StageResult,
+    stage,
 )
-from pipeline.testing import FakeClock
-from tests.unit._support import BACKENDS, Backend, Fn, echo, on_both_backends
+from pipeline.testing import Fail, FakeClock, ScriptedStage
+from tests.unit._support import BACKENDS, Backend, on_both_backends
+
+
+@stage
+async def echo(input: Any, context: PipelineContext[Any]) -> Any:
+    """Return the input unchanged."""
+    return input
+
+
+@stage
+async def double(input: Any, context: PipelineContext[Any]) -> Any:
+    """Return twice the input."""
+    return input * 2
 
 
 def fan(
-    stage: Fn,
+    stage: PipelineStage[Any, Any],
     *,
     cap: int | None = 4,
     retry: RetryConfig | None = None,
@@ -34,7 +49,7 @@ def fan(
     return PipelineDefinition(
         "fan",
         [
-            StageDefinition("items", echo()),
+            StageDefinition("items", echo),
             StageDefinition(
                 "each",
                 stage,
@@ -48,24 +63,17 @@ def fan(
     )
 
 
-def double() -> Fn:
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(input * 2)
-
-    return Fn(body)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("value", "type_name"), [(5, "int"), ("abc", "str"), ({"a": 1}, "dict"), (None, "NoneType")]
 )
 def test_fan_out_requires_list_input(backend: Backend, value: Any, type_name: str) -> None:
     async def scenario() -> None:
-        stage = double()
+        stage = ScriptedStage(name="double")  # no steps: a call would fail the stage
         result = await PipelineExecutor().execute(fan(stage), value)
         assert result.success is False
         assert result.get_result("each").error == f"FAN_OUT requires list input, got {type_name}"
-        assert stage.calls == 0
+        assert stage.call_count == 0
 
     anyio.run(scenario, backend=backend)
 
@@ -75,19 +83,22 @@ async def test_fan_out_runs_once_per_item_in_input_order() -> None:
     """Items finish in reverse order; the output still follows the input order."""
     n = 6
     done = [anyio.Event() for _ in range(n)]
+    seen: list[Any] = []
 
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        seen.append(input)
         if input + 1 < n:
             await done[input + 1].wait()  # the last item finishes first
         done[input].set()
         return StageResult.success(f"item-{input}")
 
-    stage = Fn(body)
     with anyio.fail_after(2):
-        result = await PipelineExecutor().execute(fan(stage, cap=None), list(range(n)))
+        result = await PipelineExecutor().execute(
+            fan(FunctionStage(body), cap=None), list(range(n))
+        )
     assert result.success
     assert result.outputs["each"] == [f"item-{i}" for i in range(n)]
-    assert sorted(stage.inputs) == list(range(n))
+    assert sorted(seen) == list(range(n))
     run = result.stage_runs["each"]
     assert run.items == n
     assert run.attempts == 1
@@ -97,7 +108,7 @@ async def test_fan_out_runs_once_per_item_in_input_order() -> None:
 async def test_fan_out_accepts_tuple_and_entry_input() -> None:
     """A tuple works too, and a fan-out without inputs maps over the initial input."""
     pipeline = PipelineDefinition(
-        "fan", [StageDefinition("each", double(), pattern=ExecutionPattern.FAN_OUT)]
+        "fan", [StageDefinition("each", double, pattern=ExecutionPattern.FAN_OUT)]
     )
     result = await PipelineExecutor().execute(pipeline, (1, 2, 3))
     assert result.outputs == {"each": [2, 4, 6]}
@@ -106,18 +117,21 @@ async def test_fan_out_accepts_tuple_and_entry_input() -> None:
 @on_both_backends
 async def test_fan_out_empty_list_gives_empty_list() -> None:
     """An empty list is a success with output [] and no stage call."""
-    stage = double()
+    stage = ScriptedStage(name="double")  # no steps: a call would fail the stage
     result = await PipelineExecutor().execute(fan(stage), [])
     assert result.success
     assert result.outputs["each"] == []
-    assert stage.calls == 0
+    assert stage.call_count == 0
 
 
-def counting_stage(peak: list[int]) -> Fn:
+def counting_stage(peak: list[int], calls: list[Any] | None = None) -> FunctionStage[Any, Any]:
+    """Echoes its input; `peak[0]` gets the most calls in flight at once, `calls` each input."""
     active = 0
 
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
         nonlocal active
+        if calls is not None:
+            calls.append(input)
         active += 1
         peak[0] = max(peak[0], active)
         for _ in range(5):  # every concurrently started item gets to run before any finishes
@@ -125,7 +139,7 @@ def counting_stage(peak: list[int]) -> Fn:
         active -= 1
         return StageResult.success(input)
 
-    return Fn(body)
+    return FunctionStage(body)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -133,11 +147,12 @@ def counting_stage(peak: list[int]) -> Fn:
 def test_fan_out_concurrency_cap(backend: Backend, cap: int | None, expected_peak: int) -> None:
     async def scenario() -> None:
         peak = [0]
-        stage = counting_stage(peak)
+        calls: list[Any] = []
+        stage = counting_stage(peak, calls)
         items = list(range(10))
         result = await PipelineExecutor().execute(fan(stage, cap=cap), items)
         assert result.outputs["each"] == items
-        assert stage.calls == 10
+        assert len(calls) == 10
         assert peak[0] == expected_peak
 
     anyio.run(scenario, backend=backend)
@@ -175,14 +190,14 @@ async def test_item_failure_fails_stage_and_cancels_remaining_items() -> None:
             cancelled.append(input)
         return StageResult.success(input)
 
-    downstream = echo()
+    downstream = ScriptedStage("after")
     pipeline = PipelineDefinition(
         "fan",
         [
-            StageDefinition("items", echo()),
+            StageDefinition("items", echo),
             StageDefinition(
                 "each",
-                Fn(body),
+                FunctionStage(body),
                 pattern=ExecutionPattern.FAN_OUT,
                 inputs=["items"],
                 max_concurrent_fan_out=None,
@@ -200,20 +215,14 @@ async def test_item_failure_fails_stage_and_cancels_remaining_items() -> None:
     assert "group 3 exploded" in error
     assert result.get_result("each").metadata["failed_items"] == [3]
     assert sorted(cancelled) == [0, 1, 2, 4, 5]
-    assert downstream.calls == 0
+    assert downstream.call_count == 0
     assert "each" not in result.outputs
 
 
 @on_both_backends
 async def test_item_failure_stops_pulling_new_items() -> None:
     """With a cap of 1, items after the failed one never start."""
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        if input == 2:
-            raise ValueError("bad item")
-        return StageResult.success(input)
-
-    stage = Fn(body)
+    stage = ScriptedStage(0, 1, ValueError("bad item"))  # one call per item, in order
     result = await PipelineExecutor().execute(fan(stage, cap=1), list(range(6)))
     assert result.success is False
     assert stage.inputs == [0, 1, 2]
@@ -228,19 +237,21 @@ async def test_each_item_is_retried_on_its_own() -> None:
     """A failing item is retried without re-running the items that succeeded."""
     clock = FakeClock()
     failed_once: set[int] = set()
+    seen: list[Any] = []
 
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        seen.append(input)
         if input == 2 and input not in failed_once:
             failed_once.add(input)
             return StageResult.failure("transient")
         return StageResult.success(input * 10)
 
-    stage = Fn(body)
+    stage = FunctionStage(body)
     retry = RetryConfig(max_attempts=2, initial_delay_ms=250)
     result = await PipelineExecutor(clock=clock).execute(fan(stage, retry=retry), [0, 1, 2, 3])
     assert result.success
     assert result.outputs["each"] == [0, 10, 20, 30]
-    assert sorted(stage.inputs) == [0, 1, 2, 2, 3]
+    assert sorted(seen) == [0, 1, 2, 2, 3]
     assert clock.sleeps == [0.25]
     assert result.stage_runs["each"].attempts == 2
 
@@ -249,13 +260,8 @@ async def test_each_item_is_retried_on_its_own() -> None:
 async def test_item_retries_exhausted() -> None:
     """An item that keeps failing uses up its own attempts, then fails the stage."""
     clock = FakeClock()
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        if input == 1:
-            return StageResult.failure("always")
-        return StageResult.success(input)
-
-    stage = Fn(body)
+    always = Fail("always")
+    stage = ScriptedStage(0, always, always, always)  # item 0, then item 1's three attempts
     retry = RetryConfig(max_attempts=3, initial_delay_ms=100)
     result = await PipelineExecutor(clock=clock).execute(fan(stage, cap=1, retry=retry), [0, 1])
     assert stage.inputs == [0, 1, 1, 1]
@@ -274,7 +280,7 @@ async def test_each_item_has_its_own_timeout() -> None:
         await clock.sleep(0.04 if input != 1 else 10)
         return StageResult.success(input)
 
-    stage = Fn(body)
+    stage = FunctionStage(body)
     with anyio.fail_after(2):
         result = await PipelineExecutor(clock=clock).execute(
             fan(stage, cap=1, timeout_ms=50), [0, 1, 2]
@@ -286,7 +292,7 @@ async def test_each_item_has_its_own_timeout() -> None:
     assert result.get_result("each").metadata["failed_items"] == [1]
 
     # Three 40 ms items one at a time take 120 ms in all: only a per-item bound lets them pass.
-    fast = Fn(body)
+    fast = FunctionStage(body)
     with anyio.fail_after(2):
         result = await PipelineExecutor(clock=clock).execute(
             fan(fast, cap=1, timeout_ms=50), [0, 2, 3]
@@ -305,10 +311,10 @@ async def test_readme_fan_out_definition() -> None:
     pipeline = PipelineDefinition(
         "groups",
         [
-            StageDefinition("group_contexts", echo()),
+            StageDefinition("group_contexts", echo),
             StageDefinition(
                 id="groups",
-                stage=Fn(plan_group),
+                stage=FunctionStage(plan_group),
                 pattern=ExecutionPattern.FAN_OUT,
                 inputs=["group_contexts"],
                 retry_config=RetryConfig(max_attempts=2),

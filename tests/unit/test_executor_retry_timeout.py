@@ -11,36 +11,31 @@ import anyio
 import pytest
 
 from pipeline import (
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
     PipelineResult,
+    PipelineStage,
     RetryConfig,
     Scheduling,
     StageDefinition,
     StageResult,
 )
-from pipeline.testing import FakeClock
-from tests.unit._support import BACKENDS, Backend, Fn, const, echo, on_both_backends
+from pipeline.testing import Block, Delay, Fail, FakeClock, ScriptedStage
+from tests.unit._support import BACKENDS, Backend, on_both_backends
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
 
-def flaky(failures: int, error: str = "boom", value: Any = "ok") -> Fn:
+def flaky(failures: int, error: str = "boom", value: Any = "ok") -> ScriptedStage[Any, Any]:
     """Fails (returned failure) `failures` times, then succeeds."""
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        if stage.calls <= failures:
-            return StageResult.failure(error)
-        return StageResult.success(value)
-
-    stage = Fn(body)
-    return stage
+    return ScriptedStage(*[Fail(error)] * failures, value)
 
 
 def run_one(
-    stage: Fn,
+    stage: PipelineStage[Any, Any],
     clock: FakeClock,
     *,
     retry: RetryConfig | None = None,
@@ -62,7 +57,7 @@ async def test_waits_follow_exponential_backoff() -> None:
     retry = RetryConfig(max_attempts=3, initial_delay_ms=1000, backoff_multiplier=2.0)
     result = await run_one(stage, clock, retry=retry)
     assert clock.sleeps == [1.0, 2.0]
-    assert stage.calls == 3
+    assert stage.call_count == 3
     assert result.success is False
     assert result.get_result("s").error == "Failed after 3 attempts. Last error: boom"
     assert result.stage_runs["s"].attempts == 3
@@ -88,7 +83,7 @@ async def test_success_after_retries() -> None:
     assert result.success
     assert result.outputs == {"s": 42}
     assert clock.sleeps == [0.2, pytest.approx(0.3)]
-    assert stage.calls == 3
+    assert stage.call_count == 3
     assert result.stage_runs["s"].attempts == 3
     assert result.stage_runs["s"].duration_ms == pytest.approx(500.0)
 
@@ -97,13 +92,8 @@ async def test_success_after_retries() -> None:
 async def test_exceptions_are_retried() -> None:
     """A raised exception is retried like a failed result."""
     clock = FakeClock()
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        if stage.calls < 3:
-            raise ConnectionError("reset by peer")
-        return StageResult.success("done")
-
-    stage = Fn(body)
+    reset = ConnectionError("reset by peer")
+    stage = ScriptedStage(reset, reset, "done")
     result = await run_one(stage, clock, retry=RetryConfig(max_attempts=3, initial_delay_ms=10))
     assert result.outputs == {"s": "done"}
     assert clock.sleeps == [0.01, 0.02]
@@ -113,11 +103,7 @@ async def test_exceptions_are_retried() -> None:
 async def test_exhausted_exception_retries_keep_last_error() -> None:
     """After the last attempt the error names the count and the last exception."""
     clock = FakeClock()
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise RuntimeError(f"attempt {stage.calls}")
-
-    stage = Fn(body)
+    stage = ScriptedStage(RuntimeError("attempt 1"), RuntimeError("attempt 2"))
     result = await run_one(stage, clock, retry=RetryConfig(max_attempts=2, initial_delay_ms=1))
     assert result.get_result("s").error == (
         "Failed after 2 attempts. Last error: RuntimeError: attempt 2"
@@ -142,7 +128,7 @@ def test_retryable_errors_match_substring_case_insensitively(
         retry = RetryConfig(max_attempts=3, initial_delay_ms=1000, retryable_errors=retryable)
         result = await run_one(stage, clock, retry=retry)
         assert result.success
-        assert stage.calls == 2
+        assert stage.call_count == 2
         assert clock.sleeps == [1.0]
 
     anyio.run(scenario, backend=backend)
@@ -156,17 +142,11 @@ class RateLimitedError(Exception):
 async def test_retryable_errors_match_exception_class_name() -> None:
     """An entry equal to the exception's class name makes it retryable."""
     clock = FakeClock()
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        if stage.calls == 1:
-            raise RateLimitedError("slow down")
-        return StageResult.success("ok")
-
-    stage = Fn(body)
+    stage = ScriptedStage(RateLimitedError("slow down"), "ok")
     retry = RetryConfig(max_attempts=2, initial_delay_ms=1, retryable_errors=["RateLimitedError"])
     result = await run_one(stage, clock, retry=retry)
     assert result.success
-    assert stage.calls == 2
+    assert stage.call_count == 2
 
 
 @on_both_backends
@@ -176,7 +156,7 @@ async def test_non_retryable_error_is_not_retried() -> None:
     retry = RetryConfig(max_attempts=3, retryable_errors=["timeout", "rate_limit"])
     result = await run_one(stage, clock, retry=retry)
     assert result.success is False
-    assert stage.calls == 1
+    assert stage.call_count == 1
     assert clock.sleeps == []
     error = result.get_result("s").error
     assert error is not None
@@ -190,11 +170,11 @@ async def test_no_retry_config_means_one_attempt() -> None:
     clock = FakeClock()
     stage = flaky(10)
     result = await run_one(stage, clock)
-    assert stage.calls == 1
+    assert stage.call_count == 1
     assert result.get_result("s").error == "boom"
     stage = flaky(10)
     result = await run_one(stage, clock, retry=RetryConfig(max_attempts=1))
-    assert stage.calls == 1
+    assert stage.call_count == 1
     assert result.get_result("s").error == "boom"
     assert clock.sleeps == []
 
@@ -202,12 +182,9 @@ async def test_no_retry_config_means_one_attempt() -> None:
 # -- per-attempt timeouts ---------------------------------------------------------------------------------
 
 
-def sleeper(clock: FakeClock, seconds: float, value: Any = "done") -> Fn:
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        await clock.sleep(seconds)
-        return StageResult.success(value)
-
-    return Fn(body)
+def sleeper(clock: FakeClock, seconds: float, value: Any = "done") -> ScriptedStage[Any, Any]:
+    """Sleeps `seconds` on `clock`, then returns `value`; every call does the same."""
+    return ScriptedStage(Delay(seconds, then=value), clock=clock, repeat_last=True)
 
 
 @on_both_backends
@@ -240,19 +217,13 @@ async def test_stage_within_timeout_succeeds() -> None:
 async def test_timeout_is_retried_when_retryable() -> None:
     """retryable_errors=["timeout"] matches the timeout error; each attempt gets its own bound."""
     clock = FakeClock()
-
-    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        if stage.calls == 1:
-            await clock.sleep(10)  # times out
-        return StageResult.success("second try")
-
-    stage = Fn(body)
+    stage = ScriptedStage(Delay(10, then="late"), "second try", clock=clock)  # 1st times out
     retry = RetryConfig(max_attempts=2, initial_delay_ms=500, retryable_errors=["timeout"])
     with anyio.fail_after(2):
         result = await run_one(stage, clock, retry=retry, timeout_ms=50)
     assert result.success
     assert result.outputs == {"s": "second try"}
-    assert stage.calls == 2
+    assert stage.call_count == 2
     assert clock.sleeps == [10, 0.5]
 
 
@@ -267,7 +238,7 @@ async def test_repeated_timeouts_exhaust_attempts() -> None:
     error = result.get_result("s").error
     assert error is not None
     assert error.startswith("Failed after 3 attempts. Last error: Timeout")
-    assert stage.calls == 3
+    assert stage.call_count == 3
 
 
 @on_both_backends
@@ -277,7 +248,7 @@ async def test_timeout_not_retried_when_not_retryable() -> None:
     stage = sleeper(clock, 10)
     retry = RetryConfig(max_attempts=3, retryable_errors=["rate_limit"])
     result = await run_one(stage, clock, retry=retry, timeout_ms=50)
-    assert stage.calls == 1
+    assert stage.call_count == 1
     assert result.success is False
 
 
@@ -300,12 +271,12 @@ def test_pipeline_timeout_bounds_the_run(backend: Backend, scheduling: Schedulin
                 cleaned_up_at.append(clock.now())
             return StageResult.success("never")
 
-        downstream = echo()
+        downstream = ScriptedStage("after")
         pipeline = PipelineDefinition(
             "slow",
             [
-                StageDefinition("first", const(1)),
-                StageDefinition("hang", Fn(hang), inputs=["first"]),
+                StageDefinition("first", ScriptedStage(1)),
+                StageDefinition("hang", FunctionStage(hang), inputs=["first"]),
                 StageDefinition("after", downstream, inputs=["hang"]),
             ],
         )
@@ -320,7 +291,7 @@ def test_pipeline_timeout_bounds_the_run(backend: Backend, scheduling: Schedulin
         assert result.outputs == {"first": 1}
         assert result.cancelled_stages == ["hang", "after"]
         assert result.get_result("after").error == "[CANCELLED] not started"
-        assert downstream.calls == 0
+        assert downstream.call_count == 0
 
     anyio.run(scenario, backend=backend)
 
@@ -329,13 +300,9 @@ def test_pipeline_timeout_bounds_the_run(backend: Backend, scheduling: Schedulin
 async def test_pipeline_timeout_counts_from_run_start() -> None:
     """The run deadline is set when execute starts, not when a watchdog task first runs."""
     clock = FakeClock()
-
-    async def hang(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        await clock.sleep(1)  # virtual time passes the 500 ms run deadline at once
-        await anyio.Event().wait()
-        return StageResult.success("never")
-
-    pipeline = PipelineDefinition("slow", [StageDefinition("hang", Fn(hang))])
+    # Virtual time passes the 500 ms run deadline at once, then the stage blocks for good.
+    hang = ScriptedStage(Delay(1, then=Block()), clock=clock)
+    pipeline = PipelineDefinition("slow", [StageDefinition("hang", hang)])
     with anyio.fail_after(1):
         result = await PipelineExecutor(clock=clock, timeout_ms=500).execute(pipeline)
     assert result.success is False

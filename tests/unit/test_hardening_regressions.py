@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import (
     DefinitionError,
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
@@ -21,8 +22,8 @@ from pipeline import (
     StageStatus,
 )
 from pipeline.cache import JsonSerializer, MemoryCache, UncacheableOutputError
-from pipeline.testing import FakeClock
-from tests.unit._support import Fn, const, on_both_backends
+from pipeline.testing import Delay, FakeClock, ScriptedStage
+from tests.unit._support import on_both_backends
 
 
 class Color(enum.StrEnum):
@@ -36,12 +37,8 @@ class Color(enum.StrEnum):
 async def test_a_deadline_at_the_instant_the_last_stage_ends_is_not_a_timeout() -> None:
     """The stage's task is woken by the same tick that fires the deadline; it still finished."""
     clock = FakeClock()
-
-    async def half_second(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        await clock.sleep(0.5)
-        return StageResult.success("done")
-
-    pipeline = PipelineDefinition("tie", [StageDefinition("a", Fn(half_second))])
+    half_second = ScriptedStage(Delay(0.5, then="done"), clock=clock, repeat_last=True)
+    pipeline = PipelineDefinition("tie", [StageDefinition("a", half_second)])
     executor = PipelineExecutor(clock=clock, timeout_ms=500)
     for _ in range(5):  # the wake-up order varies between runs on trio
         with anyio.fail_after(5):
@@ -53,14 +50,10 @@ async def test_a_deadline_at_the_instant_the_last_stage_ends_is_not_a_timeout() 
 @on_both_backends
 async def test_a_deadline_between_stages_is_still_a_timeout() -> None:
     clock = FakeClock()
-
-    async def second(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        await clock.sleep(1)
-        return StageResult.success("late")
-
+    second = ScriptedStage(Delay(1, then="late"), clock=clock)
     pipeline = PipelineDefinition(
         "cut",
-        [StageDefinition("a", const(1)), StageDefinition("b", Fn(second), inputs=["a"])],
+        [StageDefinition("a", ScriptedStage(1)), StageDefinition("b", second, inputs=["a"])],
     )
     with anyio.fail_after(5):
         result = await PipelineExecutor(clock=clock, timeout_ms=500).execute(pipeline)
@@ -85,9 +78,10 @@ async def test_a_foreign_task_cancel_of_a_stage_fails_the_run() -> None:
         await anyio.sleep_forever()
         return StageResult.success("never")
 
-    after = const("after")
+    after = ScriptedStage("after")
     pipeline = PipelineDefinition(
-        "foreign", [StageDefinition("a", Fn(waits)), StageDefinition("b", after, inputs=["a"])]
+        "foreign",
+        [StageDefinition("a", FunctionStage(waits)), StageDefinition("b", after, inputs=["a"])],
     )
 
     async def killer() -> None:
@@ -101,24 +95,19 @@ async def test_a_foreign_task_cancel_of_a_stage_fails_the_run() -> None:
     assert not result.success
     assert result.failed_stages == ["a"]
     assert (result.get_result("a").error or "").startswith("CancelledError")
-    assert after.calls == 0
+    assert after.call_count == 0
 
 
 @on_both_backends
 async def test_another_backends_cancellation_or_a_user_base_exception_fails_the_stage() -> None:
     """On trio an asyncio CancelledError can only be stray; a group holding one too."""
-
-    async def foreign_cancel(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise asyncio.CancelledError("from a library")
-
-    async def group(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        raise BaseExceptionGroup("g", [ValueError("v"), asyncio.CancelledError()])
-
+    foreign_cancel = ScriptedStage(asyncio.CancelledError("from a library"))
+    group = ScriptedStage(BaseExceptionGroup("g", [ValueError("v"), asyncio.CancelledError()]))
     pipeline = PipelineDefinition(
         "odd",
         [
-            StageDefinition("c", Fn(foreign_cancel), critical=False),
-            StageDefinition("g", Fn(group), critical=False),
+            StageDefinition("c", foreign_cancel, critical=False),
+            StageDefinition("g", group, critical=False),
         ],
     )
     with anyio.fail_after(5):
@@ -134,9 +123,7 @@ async def test_another_backends_cancellation_or_a_user_base_exception_fails_the_
 @on_both_backends
 async def test_a_generator_output_reaches_dependents_whole_with_a_cache() -> None:
     """Serialising would consume it: it is not cached, and the dependent sees every item."""
-
-    async def numbers(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        return StageResult.success(x for x in range(3))
+    numbers = ScriptedStage(x for x in range(3))
 
     async def collect(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
         return StageResult.success(list(input))
@@ -144,8 +131,8 @@ async def test_a_generator_output_reaches_dependents_whole_with_a_cache() -> Non
     pipeline = PipelineDefinition(
         "gen",
         [
-            StageDefinition("g", Fn(numbers)),
-            StageDefinition("c", Fn(collect), inputs=["g"], cache=False),
+            StageDefinition("g", numbers),
+            StageDefinition("c", FunctionStage(collect), inputs=["g"], cache=False),
         ],
     )
     store = MemoryCache()
@@ -195,14 +182,14 @@ def test_backoff_never_overflows_even_when_cap_over_initial_does() -> None:
 def test_a_mapping_of_retryable_errors_and_a_set_of_stages_are_rejected() -> None:
     with pytest.raises(DefinitionError, match="retryable_errors"):
         RetryConfig(retryable_errors={"timeout": 1})  # type: ignore[arg-type]  # under test
-    stage = StageDefinition("a", const(1))
+    stage = StageDefinition("a", ScriptedStage(1))
     with pytest.raises(DefinitionError, match="stages"):
         PipelineDefinition("p", {stage})  # type: ignore[arg-type]  # under test
 
 
 def test_a_long_cycle_is_shown_short_but_kept_whole_on_the_issue() -> None:
-    stages = [StageDefinition("root", const(0))] + [
-        StageDefinition(f"s{i}", const(i), inputs=[f"s{(i - 1) % 500}"]) for i in range(500)
+    stages = [StageDefinition("root", ScriptedStage(0))] + [
+        StageDefinition(f"s{i}", ScriptedStage(i), inputs=[f"s{(i - 1) % 500}"]) for i in range(500)
     ]
     (issue,) = PipelineDefinition("ring", stages).issues
     assert issue.message.startswith("Circular dependency detected: ")
@@ -212,8 +199,8 @@ def test_a_long_cycle_is_shown_short_but_kept_whole_on_the_issue() -> None:
 
 
 def test_only_the_first_few_unknown_inputs_get_suggestions() -> None:
-    stages = [StageDefinition("load", const(0))] + [
-        StageDefinition(f"use{i}", const(i), inputs=["lodr"]) for i in range(10)
+    stages = [StageDefinition("load", ScriptedStage(0))] + [
+        StageDefinition(f"use{i}", ScriptedStage(i), inputs=["lodr"]) for i in range(10)
     ]
     messages = PipelineDefinition("typos", stages).validate_pipeline()
     assert len(messages) == 10
