@@ -3,18 +3,21 @@
 Re-exports only; every name here is documented where it is defined.
 """
 
+from pipeline._attempt import AttemptCall
 from pipeline._run import Scheduling
 from pipeline.clock import Clock, SystemClock
 from pipeline.context import CancelToken, PipelineContext
 from pipeline.definition import ExecutionPattern, PipelineDefinition, RetryConfig, StageDefinition
 from pipeline.errors import (
     CacheError,
+    CircuitOpenError,
     DefinitionError,
     LoadError,
     OverBudgetError,
     PipelineError,
     PipelineRunError,
     PipelineValidationError,
+    ResourceError,
     StageError,
     StageOutputError,
     StageTimeoutError,
@@ -34,6 +37,7 @@ from pipeline.result import (
     StageResult,
     StageRun,
     StageStatus,
+    StepRun,
     cancelled_result,
     failure_result,
     skipped_result,
@@ -42,9 +46,11 @@ from pipeline.result import (
 from pipeline.subpipeline import SubPipeline
 
 __all__ = [
+    "AttemptCall",
     "AttemptRun",
     "CacheError",
     "CancelToken",
+    "CircuitOpenError",
     "Clock",
     "DefinitionError",
     "ExecutionPattern",
@@ -60,6 +66,7 @@ __all__ = [
     "PipelineRunError",
     "PipelineStage",
     "PipelineValidationError",
+    "ResourceError",
     "RetryConfig",
     "Scheduling",
     "StageDefinition",
@@ -69,6 +76,7 @@ __all__ = [
     "StageRun",
     "StageStatus",
     "StageTimeoutError",
+    "StepRun",
     "SubPipeline",
     "SystemClock",
     "UncacheableOutputError",

@@ -1,4 +1,4 @@
-"""One attempt of a stage (or of one fan-out item) as a chain of links built once per stage.
+"""One attempt of a stage (or of one fan-out item): `AttemptCall` and the chain's core links.
 
 An attempt is one value, `AttemptCall`, passed down a chain:
 
@@ -15,14 +15,15 @@ cache and fan-out (`pipeline._invoke`) sit around the chain, never inside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 from pipeline._cancel import is_cancellation, must_propagate, raise_unless_stray
 from pipeline._model import copy_with
 from pipeline._outcome import Outcome
+from pipeline._retry import will_retry
 from pipeline._text import exception_text
 from pipeline.errors import StageOutputError, StageTimeoutError
-from pipeline.result import UNKNOWN_STAGE, StageResult, StageStatus
+from pipeline.result import UNKNOWN_STAGE, StageResult
 from pipeline.runners import INLINE, default_runner_name
 
 if TYPE_CHECKING:
@@ -67,33 +68,7 @@ async def raise_if_not_a_failure(exc: BaseException) -> None:
         await raise_unless_stray(exc)
 
 
-def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
-    """The attempt chain of `sdef` in the run `env` (outermost link first in the docstring).
-
-    An unobserved run's chain depends only on the stage and the executor's clock and runners,
-    so it is kept on the definition and reused by the next run of the same executor: building
-    it costs about 0.3 us a stage (benchmarks/overhead.py W1/W2).
-    """
-    observed = env.reporter.enabled
-    if not observed:
-        kept = sdef.__dict__.get(_KEPT)
-        if kept is not None and kept[0] is env.runners and kept[1] is env.clock:
-            chain: Handler = kept[2]
-            return chain
-    handler = _execute_link(sdef, env)
-    if sdef.timeout_ms is not None:
-        handler = _timeout_link(sdef, env, handler)
-    if observed:
-        return _events_link(sdef, env, handler)
-    sdef.__dict__[_KEPT] = (env.runners, env.clock, handler)  # not a field: eq/hash ignore it
-    return handler
-
-
-_KEPT: Final = "_pipeline_attempt_chain"
-"""Where `build_chain` keeps an unobserved chain on its `StageDefinition` (see there)."""
-
-
-def _execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
+def execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
     """Innermost: the runner calls the stage; what it did becomes an `Outcome`."""
     sid, stage = sdef.id, sdef.stage
     name = sdef.runner if sdef.runner is not None else default_runner_name(stage)
@@ -124,7 +99,7 @@ def _execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
     return execute
 
 
-def _timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
+def timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
     """Bounds the attempt by `timeout_ms` on the run's clock."""
     sid, clock = sdef.id, env.clock
     timeout_ms = sdef.timeout_ms
@@ -146,7 +121,7 @@ def _timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler
     return with_timeout
 
 
-def _events_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
+def events_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
     """Outermost: `AttemptStarted` before, `AttemptFailed` (with `will_retry`) after a failure."""
     sid, reporter, config = sdef.id, env.reporter, sdef.retry_config
 
@@ -155,12 +130,8 @@ def _events_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
         outcome = await inner(call)
         result = outcome.result
         if not result.success:
-            will_retry = (
-                config is not None
-                and result.status is StageStatus.FAILED
-                and config.retries_after(call.attempt, result.error, outcome.exception_type)
-            )
-            reporter.attempt_failed(sid, call.item, call.attempt, outcome, will_retry=will_retry)
+            again = will_retry(config, call.attempt, outcome)
+            reporter.attempt_failed(sid, call.item, call.attempt, outcome, will_retry=again)
         return outcome
 
     return reported

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from pipeline.cache._store import CacheStore
     from pipeline.clock import Clock
     from pipeline.definition import StageDefinition
+    from pipeline.resources import Resource
+    from pipeline.result import StepRun
     from pipeline.runners import Runner
 
 
@@ -38,7 +40,10 @@ class RunEnv:
     serializer: Serializer | None = None
     tally: CacheTally | None = None
     middleware: tuple[Any, ...] = ()
-    resources: Mapping[str, Any] = field(default_factory=dict)
+    resources: Mapping[str, Resource] = field(default_factory=dict)
+    steps: dict[str, list[StepRun]] = field(default_factory=dict)
+    """Durable steps (`context.step`) each stage made, in the order they ended (mutable: the
+    one per-run log in this otherwise fixed value; they go on the stages' run records)."""
 
     def cache_for(self, sdef: StageDefinition) -> StageCache | None:
         """The cache step of `sdef` in this run, or None when it is not cached."""
@@ -53,4 +58,7 @@ current_stage: ContextVar[tuple[RunEnv, str] | None] = ContextVar(
     "pipeline_current_stage", default=None
 )
 """The run and stage id the running code belongs to (set as each stage starts; fan-out item
-tasks inherit it)."""
+tasks inherit it, and `current_item` tells them apart)."""
+
+current_item: ContextVar[int | None] = ContextVar("pipeline_current_item", default=None)
+"""The fan-out item the running code belongs to, or None."""

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from pipeline._attempt import AttemptCall, build_chain, failed, raise_if_not_a_failure
+from pipeline._attempt import AttemptCall, failed, raise_if_not_a_failure
+from pipeline._chain import build_chain
+from pipeline._env import current_item
 from pipeline._outcome import AttemptRecord, Outcome
 from pipeline._retry import with_retry
 from pipeline._text import exception_text
@@ -79,7 +81,8 @@ async def attempts(
         outcome = await chain(AttemptCall(sid, item, 1, value, context))
         if item is None:
             error = None if outcome.result.success else outcome.result.error
-            outcome.attempt_log = [AttemptRecord(1, 0.0, t0, clock.now(), error)]
+            wait = outcome.resource_wait_s
+            outcome.attempt_log = [AttemptRecord(1, 0.0, t0, clock.now(), error, wait)]
         return outcome
 
     log: list[AttemptRecord] | None = [] if item is None else None
@@ -90,7 +93,7 @@ async def attempts(
         outcome = await chain(AttemptCall(sid, item, n, value, context))
         if log is not None:
             error = None if outcome.result.success else outcome.result.error
-            log.append(AttemptRecord(n, backoff, t0, clock.now(), error))
+            log.append(AttemptRecord(n, backoff, t0, clock.now(), error, outcome.resource_wait_s))
         return outcome
 
     def on_retry(next_attempt: int, delay_s: float) -> None:
@@ -151,6 +154,7 @@ async def fan_out(
         async def worker() -> None:
             nonlocal max_attempts, cached
             for i in indices:
+                current_item.set(i)  # this worker task's own context: no reset needed
                 outcome = await invoke_one(sdef, chain, items[i], context, i, env, cache)
                 reporter.item_finished(sid, i, outcome)
                 max_attempts = max(max_attempts, outcome.attempts)
@@ -220,6 +224,7 @@ async def invoke_stage(
         t0 = clock.now()
         outcome = await chain(AttemptCall(sid, None, 1, value, context))
         error = None if outcome.result.success else outcome.result.error
-        outcome.attempt_log = [AttemptRecord(1, 0.0, t0, clock.now(), error)]
+        wait = outcome.resource_wait_s
+        outcome.attempt_log = [AttemptRecord(1, 0.0, t0, clock.now(), error, wait)]
         return outcome
     return await invoke_one(sdef, chain, value, context, None, env, cache)

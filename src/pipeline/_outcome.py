@@ -24,6 +24,7 @@ class AttemptRecord:
     started: float
     ended: float
     error: str | None
+    resource_wait_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -36,6 +37,8 @@ class Outcome:
     items: int | None = None
     cached: bool = False
     attempt_log: list[AttemptRecord] | None = None
+    resource_wait_s: float = 0.0
+    """Time this attempt waited for its resources (set by the resources link)."""
 
     @property
     def exception_type(self) -> str | None:

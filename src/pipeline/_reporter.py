@@ -15,12 +15,14 @@ from pipeline.events import (
     AttemptFailed,
     AttemptStarted,
     FanOutItemFinished,
+    ResourceWaited,
     RetryScheduled,
     RunFinished,
     RunStarted,
     StageCacheHit,
     StageFinished,
     StageStarted,
+    StepFinished,
     WaveStarted,
 )
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.clock import Clock
     from pipeline.events import PipelineEvent
     from pipeline.plan import ExecutionPlan
-    from pipeline.result import PipelineResult, StageRun
+    from pipeline.result import PipelineResult, StageRun, StepRun
 
 
 @final
@@ -134,6 +136,39 @@ class RunReporter:
             error=result.error,
         )
 
+    def resource_waited(
+        self,
+        stage_id: str,
+        item: int | None,
+        attempt: int,
+        resource: str,
+        weight: int,
+        wait_s: float,
+    ) -> None:
+        """An attempt was granted `resource` after waiting `wait_s`."""
+        self._emit(
+            ResourceWaited,
+            stage_id=stage_id,
+            item=item,
+            attempt=attempt,
+            resource=resource,
+            weight=weight,
+            wait_s=wait_s,
+        )
+
+    def step_finished(self, stage_id: str, step: StepRun) -> None:
+        """A durable step ended."""
+        self._emit(
+            StepFinished,
+            stage_id=stage_id,
+            item=step.item,
+            name=step.name,
+            status=step.status,
+            cached=step.cached,
+            attempts=step.attempts,
+            error=step.error,
+        )
+
     def stage_finished(self, record: StageRun) -> None:
         """A stage ended, whatever the way (also skipped or never started)."""
         self._emit(
@@ -196,6 +231,20 @@ class NullReporter:
         """Nothing."""
 
     def item_finished(self, stage_id: str, item: int, outcome: Outcome) -> None:
+        """Nothing."""
+
+    def resource_waited(
+        self,
+        stage_id: str,
+        item: int | None,
+        attempt: int,
+        resource: str,
+        weight: int,
+        wait_s: float,
+    ) -> None:
+        """Nothing."""
+
+    def step_finished(self, stage_id: str, step: StepRun) -> None:
         """Nothing."""
 
     def stage_finished(self, record: StageRun) -> None:

@@ -5,6 +5,7 @@ The only module that imports tenacity. What one attempt does lives in `pipeline.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from pipeline.result import StageStatus
@@ -49,11 +50,12 @@ async def with_retry(
         return await attempt(calls)
 
     def should_retry(outcome: Outcome) -> bool:
-        result = outcome.result
-        # A stage that *returned* cancelled said it should not go on: that is not retried.
-        return result.status is StageStatus.FAILED and config.is_retryable(
-            result.error, outcome.exception_type
-        )
+        return retryable(config, outcome)
+
+    def wait(state: RetryCallState) -> float:
+        assert state.outcome is not None  # tenacity waits only after an attempt
+        outcome: Outcome = state.outcome.result()
+        return config.wait_s(state.attempt_number, retry_after_s(outcome))
 
     def give_up(state: RetryCallState) -> Any:
         assert state.outcome is not None  # tenacity sets it before stopping
@@ -65,7 +67,7 @@ async def with_retry(
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(config.max_attempts),
-        wait=lambda state: config.delay_ms(state.attempt_number) / 1000,
+        wait=wait,
         retry=retry_if_result(should_retry),
         sleep=clock.sleep,
         before_sleep=before_sleep,
@@ -78,3 +80,29 @@ async def with_retry(
             update={"error": f"Failed after {calls} attempts. Last error: {outcome.result.error}"}
         )
     return outcome
+
+
+def retryable(config: RetryConfig, outcome: Outcome) -> bool:
+    """Whether the failed `outcome` may be retried under `config` (attempts aside).
+
+    A stage that *returned* cancelled said it should not go on: that is never retried.
+    """
+    result = outcome.result
+    if result.status is not StageStatus.FAILED:
+        return False
+    return config.accepts(result.error, outcome.exception, result)
+
+
+def will_retry(config: RetryConfig | None, attempt: int, outcome: Outcome) -> bool:
+    """Whether failed attempt number `attempt` is followed by another."""
+    return config is not None and attempt < config.max_attempts and retryable(config, outcome)
+
+
+def retry_after_s(outcome: Outcome) -> float | None:
+    """A Retry-After the failure carries: `exc.retry_after_s` or `metadata["retry_after_s"]`."""
+    value = getattr(outcome.exception, "retry_after_s", None)
+    if value is None:
+        value = outcome.result.metadata.get("retry_after_s")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

@@ -227,6 +227,7 @@ class RunState:
                 "error": result.error,
                 "exception_type": None if exc is None else type(exc).__name__,
                 "traceback": None if exc is None else outcome.formatted_traceback(),
+                "steps": tuple(steps) if (steps := self.env.steps.pop(sid, None)) else (),
             },
         )
 
@@ -347,5 +348,6 @@ def _attempt_run(a: AttemptRecord, base: float) -> AttemptRun:
             "started_ms": (a.started - base) * 1000,
             "duration_ms": (a.ended - a.started) * 1000,
             "error": a.error,
+            "resource_wait_ms": a.resource_wait_s * 1000,
         },
     )

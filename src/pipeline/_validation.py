@@ -21,10 +21,11 @@ from pipeline._graph import scan
 from pipeline.errors import ValidationIssue
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Sequence
+    from collections.abc import Collection, Iterator, Mapping, Sequence
 
     from pipeline._graph import Graph
     from pipeline.definition import StageDefinition
+    from pipeline.resources import Resource
 
 
 MAX_SUGGESTED: Final = 3
@@ -49,6 +50,8 @@ class Scope:
     known: set[str]
     runners: Collection[str] | None = None
     """The executor's runner names; None when only the definition is validated."""
+    resources: Mapping[str, Resource] | None = None
+    """The executor's resources; None when only the definition is validated."""
     suggestions_left: int = 0
     acyclic: bool = False
     """Known already (the shared graph scan found waves for every stage)."""

@@ -9,17 +9,23 @@ import threading
 from typing import TYPE_CHECKING, Any, Generic, Protocol, overload
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Awaitable, Callable, Mapping
+    from contextlib import AbstractAsyncContextManager
 
     # A default lets users annotate a bare `context: PipelineContext` (as the original README
     # does) under mypy --strict; at run time the default is irrelevant.
     from typing_extensions import TypeVar
+
+    from pipeline.definition import RetryConfig
+    from pipeline.resources import Lease
 
     DepsT = TypeVar("DepsT", default=Any)
 else:
     from typing import TypeVar
 
     DepsT = TypeVar("DepsT")
+
+T = TypeVar("T")
 
 _WELL_KNOWN_SERVICES = ("provider", "config", "job_config", "session")
 
@@ -128,6 +134,72 @@ class PipelineContext(Generic[DepsT]):
         """A consistent copy of the metrics."""
         with self._lock:
             return dict(self._metrics)
+
+    # -- flow control ----------------------------------------------------------------------------
+    def acquire(self, name: str, *, weight: int = 1) -> AbstractAsyncContextManager[Lease]:
+        """Hold `weight` units of the executor's resource `name` for an `async with` body.
+
+        ```python
+        async with context.acquire("llm"):
+            reply = await client.complete(prompt)
+        ```
+
+        Waits (on the run's clock) while the resource's concurrency or rate limit is reached;
+        raises `CircuitOpenError` at once while its circuit breaker is open, and
+        `ResourceError` outside a run or for a name the executor does not have. The wait is
+        emitted as a `ResourceWaited` event. The resources of `StageDefinition(uses=...)` are
+        already held around every attempt: use this for calls inside a stage instead.
+        """
+        from pipeline._flow import acquire_in_run  # flow control loads only when used
+
+        return acquire_in_run(name, weight)
+
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        retry: RetryConfig | None = None,
+        uses: Mapping[str, int] | None = None,
+        cache: bool = True,
+    ) -> T: ...
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: RetryConfig | None = None,
+        uses: Mapping[str, int] | None = None,
+        cache: bool = True,
+    ) -> T: ...
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: RetryConfig | None = None,
+        uses: Mapping[str, int] | None = None,
+        cache: bool = True,
+    ) -> Any:
+        """Run one durable call `fn(*args)` inside a stage and return its result.
+
+        The call has its own retry policy (`retry`) and resources (`uses`, held around each of
+        its attempts); a sync `fn` runs in a worker thread. When the executor has a cache and
+        `cache` is true, its successful result is stored under the stage id, `name` and a
+        fingerprint of `args`, so a rerun after a crash or a failure replays finished steps
+        instead of paying for them again (same rules as stage outputs: only successes, values
+        that come back as the same type). Once its retries are spent, its last exception is
+        raised into the stage's code. Each step appears in the stage's run record (`steps`)
+        and as a `StepFinished` event.
+        """
+        from pipeline._steps import run_step  # durable steps load only when used
+
+        return await run_step(self, name, fn, args, retry=retry, uses=uses, cache=cache)
 
     # -- cancellation --------------------------------------------------------------------------
     def cancel(self, reason: str = "cancelled through the context") -> None:

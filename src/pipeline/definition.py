@@ -9,9 +9,11 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeGuard, final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, final
 
 from pipeline._graph import Graph, scan
 from pipeline._validation import collect_issues
@@ -65,6 +67,12 @@ def _check_bool(owner: str, name: str, value: object) -> None:
     )  # fmt: skip
 
 
+def _valid_uses(uses: Any) -> bool:
+    return isinstance(uses, Mapping) and all(
+        isinstance(k, str) and _is_int(v) and v >= 1 for k, v in uses.items()
+    )
+
+
 def _positive_ms(value: object) -> bool:
     return _is_number(value) and math.isfinite(value) and value > 0
 
@@ -82,10 +90,31 @@ class RetryConfig:
     """How often, and after which waits, a failed attempt is tried again.
 
     The wait before retry n (n = 1, 2, ...) is
-    `initial_delay_ms * backoff_multiplier ** (n - 1)`, capped at `max_delay_ms`. An exception,
-    a timeout or a failed `StageResult` is retried when `retryable_errors` is None/empty or one
-    of its entries occurs (case-insensitively) in the error text or equals the exception's
-    class name.
+    `initial_delay_ms * backoff_multiplier ** (n - 1)`, capped at `max_delay_ms`, then spread
+    by `jitter`. A failure that carries a Retry-After (an exception with a `retry_after_s`
+    attribute, or a failed result with `metadata["retry_after_s"]`) waits that long instead
+    (capped by `max_delay_ms`, no jitter).
+
+    Which failures are retried: with none of `retryable_errors`, `retry_on` and `retry_if`
+    given, every failure (an exception, a timeout or a failed `StageResult`); with any given, a
+    failure that any given filter accepts. `retryable_errors` entries match case-insensitively
+    as a substring of the error text or equal the exception's class name; `retry_on` matches an
+    exception that is an instance of one of its types (subclasses included; a failed result
+    without an exception never matches); `retry_if` receives the exception when there is one,
+    else the failed `StageResult`, and retries when it returns True. A stage that *returns*
+    cancelled is never retried.
+
+    Args:
+        max_attempts: Attempts in all (1 = no retry).
+        initial_delay_ms: The wait before the first retry.
+        backoff_multiplier: Each later wait is this many times the previous one (>= 1).
+        max_delay_ms: The cap on every wait, Retry-After included.
+        retryable_errors: Substrings of the error text or exception class names to retry.
+        retry_on: Exception types to retry (instances of subclasses too).
+        retry_if: `retry_if(exception_or_failed_result) -> bool`.
+        jitter: None (exact waits), `"full"` (uniform in [0, wait]) or a fraction f in (0, 1]
+            (uniform in [wait * (1 - f), wait * (1 + f)], capped at `max_delay_ms`).
+        jitter_seed: Seeds the jitter's random source, for repeatable waits in tests.
     """
 
     max_attempts: int = 1
@@ -93,6 +122,11 @@ class RetryConfig:
     backoff_multiplier: float = 2.0
     max_delay_ms: float = 60000
     retryable_errors: Sequence[str] | None = None
+    retry_on: tuple[type[BaseException], ...] = ()
+    retry_if: Callable[[Any], bool] | None = None
+    jitter: Literal["full"] | float | None = None
+    jitter_seed: int | None = None
+    _random: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         own = "RetryConfig"
@@ -126,6 +160,66 @@ class RetryConfig:
                     "use non-empty strings: an exception class name or a piece of the error text",
                 )  # fmt: skip
             object.__setattr__(self, "retryable_errors", entries)
+        retry_on: Any = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        _require(
+            isinstance(retry_on, tuple | list)
+            and all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on),
+            own, "retry_on", f"is {self.retry_on!r}",
+            "pass exception classes, e.g. retry_on=(RateLimitError, TimeoutError)",
+        )  # fmt: skip
+        object.__setattr__(self, "retry_on", tuple(retry_on))
+        _require(
+            self.retry_if is None or callable(self.retry_if),
+            own, "retry_if", f"is {self.retry_if!r}, not callable",
+            "pass a function of the exception (or failed result) returning bool",
+        )  # fmt: skip
+        jitter: object = self.jitter
+        _require(
+            jitter is None
+            or jitter == "full"
+            or (_is_number(jitter) and math.isfinite(jitter) and 0 < jitter <= 1),
+            own, "jitter", f"is {jitter!r}", 'use None, "full" or a fraction in (0, 1]',
+        )  # fmt: skip
+        seed: object = self.jitter_seed
+        _require(
+            seed is None or _is_int(seed), own, "jitter_seed", f"is {seed!r}", "use an int or None"
+        )  # fmt: skip
+        object.__setattr__(self, "_random", random.Random(self.jitter_seed))
+
+    def wait_s(self, retry_number: int, retry_after_s: float | None = None) -> float:
+        """The wait before retry `retry_number` in seconds: Retry-After or backoff + jitter."""
+        cap = self.max_delay_ms / 1000
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), cap)
+        wait = self.delay_ms(retry_number) / 1000
+        jitter = self.jitter
+        if jitter is None or wait == 0:
+            return wait
+        if jitter == "full":
+            return self._random.uniform(0.0, wait)
+        return min(self._random.uniform(wait * (1 - jitter), wait * (1 + jitter)), cap)
+
+    def accepts(self, error: str | None, exception: BaseException | None, failed: Any) -> bool:
+        """Whether a failure (its text, its exception if any, the failed result) may be retried.
+
+        See the class docstring for how `retryable_errors`, `retry_on` and `retry_if` combine.
+        """
+        if not self.retryable_errors and not self.retry_on and self.retry_if is None:
+            return True
+        if self.retryable_errors and self.is_retryable(
+            error, None if exception is None else type(exception).__name__
+        ):
+            return True
+        if self.retry_on and exception is not None and isinstance(exception, self.retry_on):
+            return True
+        if self.retry_if is not None:
+            try:
+                return bool(self.retry_if(exception if exception is not None else failed))
+            except Exception:  # noqa: BLE001  # a broken filter means "do not retry", never a crash
+                return False
+        return False
 
     def delay_ms(self, retry_number: int) -> float:
         """The wait before retry `retry_number` (1 = the first retry)."""
@@ -154,7 +248,7 @@ class RetryConfig:
         return attempt < self.max_attempts and self.is_retryable(error, exception_type)
 
     def is_retryable(self, error: str | None, exception_type: str | None = None) -> bool:
-        """Whether a failure with this error text / exception class name may be retried."""
+        """Whether `retryable_errors` alone lets this error text / exception class name retry."""
         if not self.retryable_errors:
             return True
         text = (error or "").lower()
@@ -191,6 +285,9 @@ class StageDefinition:
         runner: The name of the runner its attempts run on (`"inline"`, `"threads"` or one
             given to `PipelineExecutor(runners=...)`). None: `"threads"` for a sync function
             stage, `"inline"` otherwise.
+        uses: Resources of the executor (`PipelineExecutor(resources=...)`) each attempt holds,
+            as `{name: weight}`: acquired before the attempt (each fan-out item's), released
+            after it; the wait is not part of `timeout_ms`.
     """
 
     id: str
@@ -210,6 +307,7 @@ class StageDefinition:
     cache_version: str | int = 0
     cache_code_fingerprint: bool = False
     runner: str | None = None
+    uses: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         inputs: object = self.inputs
@@ -237,7 +335,10 @@ class StageDefinition:
             and (f.description is None or isinstance(f.description, str))
             and (f.runner is None or (type(f.runner) is str and f.runner.strip()))
             and (type(f.cache_version) is str or _is_int(f.cache_version))
+            and (not f.uses or _valid_uses(f.uses))
         ):
+            if f.uses:  # a read-only copy: the caller's dict may change, this stage must not
+                object.__setattr__(self, "uses", MappingProxyType(dict(f.uses)))
             return
         self._check_fields()
 
@@ -300,6 +401,13 @@ class StageDefinition:
             runner is None or (isinstance(runner, str) and bool(runner.strip())),
             own, "runner", f"is {runner!r}", 'name a runner such as "threads", or pass None',
         )  # fmt: skip
+        uses: object = self.uses
+        _require(
+            isinstance(uses, Mapping) and _valid_uses(uses),
+            own, "uses", f"is {uses!r}",
+            'map resource names to int weights >= 1, e.g. uses={"llm": 1}',
+        )  # fmt: skip
+        object.__setattr__(self, "uses", MappingProxyType(dict(self.uses)))
         version: object = self.cache_version
         _require(
             isinstance(version, str) or _is_int(version),

@@ -5,12 +5,14 @@
     ├── PipelineValidationError  PipelineDefinition.validate(): all problems as ValidationIssue items
     ├── StageError               one stage attempt went wrong (kept as the run record's exception)
     │   ├── StageTimeoutError    an attempt exceeded StageDefinition.timeout_ms
-    │   └── StageOutputError     execute() returned something that is not a StageResult
+    │   ├── StageOutputError     execute() returned something that is not a StageResult
+    │   └── CircuitOpenError     an attempt's resource has an open circuit breaker
     ├── PipelineRunError         PipelineResult.raise_for_failure() on a failed run
     ├── CacheError               a cache store failed (SQLiteCache.get/put/...)
     ├── UnfingerprintableError   pipeline.cache.fingerprint(): a value has no stable fingerprint
     ├── OverBudgetError          pipeline.cache.fingerprint(budget=...): more values than allowed
     ├── UncacheableOutputError   JsonSerializer.dumps(): an output would not restore equal
+    ├── ResourceError            context.acquire()/step(uses=) outside a run or of an unknown resource
     ├── LoadError                a `module:attr` reference cannot be loaded
     └── UsageError               `python -m pipeline`: a bad argument (exit code 2)
 
@@ -39,6 +41,8 @@ IssueCode = Literal[
     "invalid_stage",
     "empty_pipeline",
     "unknown_runner",
+    "unknown_resource",
+    "resource_weight",
 ]
 """The closed vocabulary of validation problems."""
 
@@ -120,6 +124,28 @@ class StageOutputError(StageError):
         )
 
 
+class CircuitOpenError(StageError):
+    """An attempt could not acquire a resource: its `CircuitBreaker` is open.
+
+    Raised by `Resource.acquire` (so by every attempt of a stage that `uses` the resource, and
+    by `context.acquire`) until the breaker's `reset_after_s` has passed; it fails the attempt
+    like any stage error (retry filters see it as this type).
+    """
+
+    def __init__(
+        self, resource: str, stage_id: str = "", attempt: int = 0, *, retry_in_s: float
+    ) -> None:
+        self.resource = resource
+        self.retry_in_s = retry_in_s
+        where = f" (stage {stage_id!r})" if stage_id else ""
+        super().__init__(
+            stage_id,
+            attempt,
+            f"circuit of resource {resource!r} is open{where}; it lets a trial attempt through "
+            f"in {retry_in_s:.3g} s",
+        )
+
+
 class PipelineRunError(PipelineError):
     """A pipeline run failed. Raised by `PipelineResult.raise_for_failure()`."""
 
@@ -180,6 +206,18 @@ class UncacheableOutputError(PipelineError, TypeError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"output not cached: {reason}")
+
+
+class ResourceError(PipelineError, LookupError):
+    """A resource could not be used: unknown to the executor, or asked for outside a run.
+
+    Raised into a stage's code by `PipelineContext.acquire` and `PipelineContext.step(uses=...)`
+    (a stage's own `uses=` is checked by validation before the run instead).
+    """
+
+    def __init__(self, resource: str, problem: str, fix: str) -> None:
+        self.resource = resource
+        super().__init__(f"resource {resource!r} {problem}; {fix}")
 
 
 class LoadError(PipelineError):

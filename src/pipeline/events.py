@@ -141,6 +141,36 @@ class FanOutItemFinished(_StageEvent):
     """Why the item failed or was cancelled."""
 
 
+class ResourceWaited(_StageEvent):
+    """An attempt waited for a resource (`uses=` or `context.acquire`) before it could run."""
+
+    kind: Literal["resource_waited"] = "resource_waited"
+    resource: str
+    """The resource's name."""
+    weight: int = 1
+    """Units acquired."""
+    wait_s: float = 0.0
+    """How long the grant took, on the executor's clock."""
+    attempt: int = 0
+    """The attempt that waited (0 for `context.acquire` outside the attempt's own resources)."""
+
+
+class StepFinished(_StageEvent):
+    """A durable step (`context.step`) ended: paid for, replayed from the cache, or failed."""
+
+    kind: Literal["step_finished"] = "step_finished"
+    name: str
+    """The step's name."""
+    status: StageStatus
+    """`succeeded` or `failed`."""
+    cached: bool = False
+    """True when replayed from the cache."""
+    attempts: int = 0
+    """Calls made (0 when replayed)."""
+    error: str | None = None
+    """The last failure, or None."""
+
+
 class StageFinished(_StageEvent):
     """A stage ended: succeeded, failed, skipped or cancelled (possibly served from cache)."""
 
@@ -184,6 +214,8 @@ PipelineEvent: TypeAlias = Annotated[
     | RetryScheduled
     | StageCacheHit
     | FanOutItemFinished
+    | ResourceWaited
+    | StepFinished
     | StageFinished
     | RunFinished,
     Field(discriminator="kind"),
@@ -202,6 +234,8 @@ EventKind = Literal[
     "retry_scheduled",
     "stage_cache_hit",
     "fan_out_item_finished",
+    "resource_waited",
+    "step_finished",
     "stage_finished",
     "run_finished",
 ]
@@ -230,11 +264,13 @@ __all__ = [
     "FanOutItemFinished",
     "Observer",
     "PipelineEvent",
+    "ResourceWaited",
     "RetryScheduled",
     "RunFinished",
     "RunStarted",
     "StageCacheHit",
     "StageFinished",
     "StageStarted",
+    "StepFinished",
     "WaveStarted",
 ]

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, cast, final
 
 import anyio
 import anyio.from_thread
@@ -26,6 +26,7 @@ import anyio.lowlevel
 from pipeline._cancel import raise_unless_stray
 from pipeline._dispatch import EventDispatcher, new_run_id
 from pipeline._env import RunEnv, current_stage
+from pipeline._flow import resource_issues
 from pipeline._invoke import invoke_stage
 from pipeline._outcome import Outcome
 from pipeline._reporter import NULL_REPORTER, RunReporter
@@ -47,6 +48,7 @@ from pipeline.runners._rules import runner_issues
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from pipeline._flow import Middleware
     from pipeline._reporter import Reporter
     from pipeline.cache._serialize import Serializer
     from pipeline.cache._store import CacheStore
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from pipeline.definition import PipelineDefinition
     from pipeline.errors import ValidationIssue
     from pipeline.events import Observer
+    from pipeline.resources import Resource
     from pipeline.runners import Runner
 
 TOKEN_POLL_S = 0.02
@@ -83,6 +86,12 @@ class PipelineExecutor:
             With none, no event is even built.
         runners: More `pipeline.runners.Runner`s by name, for `StageDefinition(runner=...)`.
             `"inline"` (the event loop) and `"threads"` (worker threads) are always there.
+        resources: Shared `Resource`s by name (concurrency and rate limits, circuit breakers)
+            for `StageDefinition(uses=...)` and `context.acquire(name)`; one `Resource` may be
+            shared by several executors and concurrent runs.
+        middleware: Objects with `async def __call__(self, call, call_next) -> StageResult`
+            wrapping every attempt (of a stage or one fan-out item) inside the retry loop and
+            outside the timeout; the first is the outermost. One that raises fails the attempt.
     """
 
     def __init__(
@@ -95,6 +104,8 @@ class PipelineExecutor:
         cache_serializer: Serializer | None = None,
         observers: Iterable[Observer] = (),
         runners: Mapping[str, Runner] | None = None,
+        resources: Mapping[str, Resource] | None = None,
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         if scheduling not in ("waves", "eager"):
             raise DefinitionError(
@@ -123,6 +134,25 @@ class PipelineExecutor:
             named[name] = runner
         self.runners: Mapping[str, Runner] = MappingProxyType(named)
         """The runners by name, fixed at construction (stages' attempt chains are built once)."""
+        shared: dict[str, Resource] = {}
+        for name, resource in (resources or {}).items():
+            key = cast("object", name)  # runtime check for callers without a type checker
+            if not isinstance(key, str) or not callable(getattr(resource, "acquire", None)):
+                raise DefinitionError(
+                    "PipelineExecutor", f"resources[{name!r}]", f"is {resource!r}",
+                    'map names to pipeline.Resource(...) objects, e.g. {"llm": Resource(rate=10)}',
+                )  # fmt: skip
+            shared[name] = resource
+        self.resources: Mapping[str, Resource] = MappingProxyType(shared)
+        """The shared resources by name, fixed at construction."""
+        self.middleware: tuple[Middleware, ...] = tuple(middleware)
+        """The middleware around every attempt, outermost first."""
+        for mw in self.middleware:
+            if not callable(mw):
+                raise DefinitionError(
+                    "PipelineExecutor", "middleware", f"holds {mw!r}, which is not callable",
+                    "pass objects with async def __call__(self, call, call_next)",
+                )  # fmt: skip
 
     def validate(self, pipeline: PipelineDefinition) -> None:
         """Raise `PipelineValidationError` for every problem `execute` would report.
@@ -138,7 +168,8 @@ class PipelineExecutor:
         own = pipeline.issues
         if own:
             return own
-        return runner_issues(pipeline.stages, self.runners)
+        stages = pipeline.stages
+        return runner_issues(stages, self.runners) + resource_issues(stages, self.resources)
 
     async def execute(
         self,
@@ -215,6 +246,8 @@ class PipelineExecutor:
             reporter=reporter,
             pipeline_name=pipeline.name,
             runners=self.runners,
+            resources=self.resources,
+            middleware=self.middleware,
             store=self.cache,
             serializer=self.cache_serializer,
             tally=None if self.cache is None else CacheTally(),

@@ -249,6 +249,28 @@ class AttemptRun(FrozenModel):
     """How long the attempt ran."""
     error: str | None = None
     """Why the attempt failed, or None when it succeeded."""
+    resource_wait_ms: float = 0.0
+    """Time spent waiting for the stage's resources (`uses=`) before the attempt could start;
+    not part of `duration_ms` nor of `timeout_ms`."""
+
+
+class StepRun(FrozenModel):
+    """The record of one durable step (`context.step(...)`) made inside a stage."""
+
+    name: str
+    """The step's name, as given to `context.step`."""
+    item: int | None = None
+    """The fan-out item that made it, or None."""
+    status: StageStatus
+    """`succeeded` or `failed` (after its retries)."""
+    cached: bool = False
+    """True when its result was replayed from the cache instead of paid for again."""
+    attempts: int = 0
+    """Calls made (0 when replayed)."""
+    duration_ms: float = 0.0
+    """From the step's start to its end, waits included."""
+    error: str | None = None
+    """The last failure, or None."""
 
 
 class StageRun(FrozenModel):
@@ -290,6 +312,8 @@ class StageRun(FrozenModel):
     """Class name of the exception behind the failure, if one was raised."""
     traceback: str | None = None
     """Formatted traceback of that exception, kept for debugging."""
+    steps: tuple[StepRun, ...] = ()
+    """The durable steps (`context.step`) the stage made, in the order they ended."""
 
 
 class CacheStats(FrozenModel):

@@ -24,7 +24,8 @@ from pipeline import (
     StageStatus,
     StageTimeoutError,
 )
-from pipeline._attempt import AttemptCall, build_chain
+from pipeline._attempt import AttemptCall
+from pipeline._chain import build_chain
 from pipeline._env import RunEnv
 from pipeline._invoke import fan_out, invoke_stage
 from pipeline._outcome import AttemptRecord, Outcome

@@ -13,12 +13,14 @@ from pipeline.events import (
     AttemptFailed,
     AttemptStarted,
     FanOutItemFinished,
+    ResourceWaited,
     RetryScheduled,
     RunFinished,
     RunStarted,
     StageCacheHit,
     StageFinished,
     StageStarted,
+    StepFinished,
     WaveStarted,
 )
 from pipeline.result import StageStatus
@@ -111,6 +113,15 @@ class LoggingObserver:
                 return detail, "stage %r served from cache", (event.lineage_id,)
             case FanOutItemFinished():
                 return detail, "stage %r %s", (event.lineage_id, event.status.value)
+            case ResourceWaited():
+                return (
+                    detail,
+                    "stage %r waited %s for resource %r",
+                    (event.lineage_id, _ms(event.wait_s), event.resource),
+                )
+            case StepFinished():
+                how = "replayed from cache" if event.cached else event.status.value
+                return detail, "stage %r step %r %s", (event.lineage_id, event.name, how)
             case StageFinished():
                 lvl = problem if event.status is StageStatus.FAILED else level
                 suffix = " (cached)" if event.cached else ""

@@ -19,12 +19,14 @@ from pipeline.events import (
     AttemptFailed,
     AttemptStarted,
     FanOutItemFinished,
+    ResourceWaited,
     RetryScheduled,
     RunFinished,
     RunStarted,
     StageCacheHit,
     StageFinished,
     StageStarted,
+    StepFinished,
     WaveStarted,
 )
 from pipeline.result import StageStatus
@@ -130,6 +132,27 @@ class OpenTelemetryObserver:
                 self._cache_hit(event)
             case FanOutItemFinished():
                 self._item_finished(event)
+            case ResourceWaited():
+                self._stage_event(
+                    event,
+                    "resource_waited",
+                    {
+                        "pipeline.resource": event.resource,
+                        "pipeline.resource.weight": event.weight,
+                        "pipeline.resource.wait_s": event.wait_s,
+                    },
+                )
+            case StepFinished():
+                self._stage_event(
+                    event,
+                    "step_finished",
+                    {
+                        "pipeline.step": event.name,
+                        "pipeline.step.status": event.status.value,
+                        "pipeline.step.cached": event.cached,
+                        "pipeline.step.attempts": event.attempts,
+                    },
+                )
             case StageFinished():
                 self._stage_finished(event)
             case _:  # pragma: no cover - every kind is handled above
@@ -192,7 +215,10 @@ class OpenTelemetryObserver:
             span.set_attribute("pipeline.stage.items", event.items)
 
     def _stage_event(
-        self, event: RetryScheduled | StageCacheHit, name: str, attributes: dict[str, Any]
+        self,
+        event: RetryScheduled | StageCacheHit | ResourceWaited | StepFinished,
+        name: str,
+        attributes: dict[str, Any],
     ) -> None:
         run = self._runs.get(event.run_id)
         if run is None:

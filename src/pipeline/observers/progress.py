@@ -22,12 +22,14 @@ from pipeline.events import (
     AttemptFailed,
     AttemptStarted,
     FanOutItemFinished,
+    ResourceWaited,
     RetryScheduled,
     RunFinished,
     RunStarted,
     StageCacheHit,
     StageFinished,
     StageStarted,
+    StepFinished,
     WaveStarted,
 )
 from pipeline.result import StageStatus
@@ -158,6 +160,14 @@ class ProgressObserver:
                     progress.update(self._task(event.run_id, event.stage_id), cached=True)
             case FanOutItemFinished():
                 progress.advance(self._task(event.run_id, event.stage_id), 1)
+            case ResourceWaited():
+                task = self._task(event.run_id, event.stage_id)
+                note = f"{event.lineage_id}: waited {event.wait_s:.2f}s for {event.resource}"
+                progress.update(task, note=note)
+            case StepFinished():
+                task = self._task(event.run_id, event.stage_id)
+                how = "replayed" if event.cached else event.status.value
+                progress.update(task, note=f"{event.lineage_id}: step {event.name} {how}")
             case StageFinished():
                 task = self._task(event.run_id, event.stage_id)
                 note = "" if event.status is StageStatus.SUCCEEDED else (event.error or "")
