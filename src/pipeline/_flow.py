@@ -70,12 +70,21 @@ def _middleware_link(sid: str, middleware: Middleware, inner: Handler) -> Handle
             return last[-1]  # what the chain produced, with its exception and resource wait
         if not isinstance(returned, StageResult):
             wrong = StageOutputError(sid, call.attempt, returned)
-            return failed(sid, wrong, call.attempt, f"middleware {middleware!r}: {wrong}")
+            message = (
+                f"middleware {middleware!r} of stage {sid!r} returned "
+                f"{type(returned).__name__}, expected StageResult; return what call_next "
+                "gave it, or a StageResult of its own"
+            )
+            return failed(sid, wrong, call.attempt, message)
         if call.item is None and returned.stage_name == UNKNOWN_STAGE:
             returned = copy_with(returned, stage_name=sid)
         outcome = Outcome(returned, call.attempt)
         if last:
+            # A middleware that rewrote the chain's failure (added metadata, say) keeps its
+            # exception: retry by type and Retry-After still see what the stage raised.
             outcome.resource_wait_s = last[-1].resource_wait_s
+            if not returned.success:
+                outcome.exception = last[-1].exception
         return outcome
 
     return through_middleware

@@ -101,7 +101,8 @@ async def attempts(
         backoff = delay_s
         env.reporter.retry_scheduled(sid, item, next_attempt, delay_s)
 
-    outcome = await with_retry(attempt, config, clock, on_retry)
+    key = sid if item is None else f"{sid}[{item}]"
+    outcome = await with_retry(attempt, config, clock, on_retry, jitter_key=key)
     outcome.attempt_log = log
     return outcome
 

@@ -39,6 +39,8 @@ class Outcome:
     attempt_log: list[AttemptRecord] | None = None
     resource_wait_s: float = 0.0
     """Time this attempt waited for its resources (set by the resources link)."""
+    retry_decision: bool | None = None
+    """Whether this failure may be retried, once decided (`pipeline._retry.retryable`)."""
 
     @property
     def exception_type(self) -> str | None:

@@ -6,6 +6,7 @@ The only module that imports tenacity. What one attempt does lives in `pipeline.
 from __future__ import annotations
 
 import math
+import random
 from typing import TYPE_CHECKING, Any
 
 from pipeline.result import StageStatus
@@ -25,10 +26,14 @@ async def with_retry(
     config: RetryConfig | None,
     clock: Clock,
     on_retry: Callable[[int, float], None] | None = None,
+    *,
+    jitter_key: str = "",
 ) -> Outcome:
     """Call `attempt(n)` for n = 1, 2, ... until it succeeds, is not retryable or runs out.
 
     Waits go through `clock.sleep`; `on_retry(next_attempt, delay_s)` is called before each.
+    With `config.jitter_seed`, the jitter of this loop comes from a source seeded with the
+    seed and `jitter_key` (the stage and item): repeatable run after run, different per item.
     The returned outcome's `attempts` is the number of calls; when more than one call was made
     and the last failed, its error reads `Failed after N attempts. Last error: ...`.
     """
@@ -52,10 +57,14 @@ async def with_retry(
     def should_retry(outcome: Outcome) -> bool:
         return retryable(config, outcome)
 
+    rng = (
+        None if config.jitter_seed is None else random.Random(f"{config.jitter_seed}/{jitter_key}")
+    )
+
     def wait(state: RetryCallState) -> float:
         assert state.outcome is not None  # tenacity waits only after an attempt
         outcome: Outcome = state.outcome.result()
-        return config.wait_s(state.attempt_number, retry_after_s(outcome))
+        return config.wait_s(state.attempt_number, retry_after_s(outcome), rng=rng)
 
     def give_up(state: RetryCallState) -> Any:
         assert state.outcome is not None  # tenacity sets it before stopping
@@ -87,10 +96,15 @@ def retryable(config: RetryConfig, outcome: Outcome) -> bool:
 
     A stage that *returned* cancelled said it should not go on: that is never retried.
     """
+    decided = outcome.retry_decision
+    if decided is not None:  # asked once per failure: a stateful retry_if sees each one once
+        return decided
     result = outcome.result
-    if result.status is not StageStatus.FAILED:
-        return False
-    return config.accepts(result.error, outcome.exception, result)
+    decided = result.status is StageStatus.FAILED and config.accepts(
+        result.error, outcome.exception, result
+    )
+    outcome.retry_decision = decided
+    return decided
 
 
 def will_retry(config: RetryConfig | None, attempt: int, outcome: Outcome) -> bool:

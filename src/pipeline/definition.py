@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -114,7 +115,8 @@ class RetryConfig:
         retry_if: `retry_if(exception_or_failed_result) -> bool`.
         jitter: None (exact waits), `"full"` (uniform in [0, wait]) or a fraction f in (0, 1]
             (uniform in [wait * (1 - f), wait * (1 + f)], capped at `max_delay_ms`).
-        jitter_seed: Seeds the jitter's random source, for repeatable waits in tests.
+        jitter_seed: Seeds the jitter: each stage (and fan-out item) draws from its own source
+            seeded with this and its id, so waits repeat run after run yet differ per item.
     """
 
     max_attempts: int = 1
@@ -175,6 +177,11 @@ class RetryConfig:
             own, "retry_if", f"is {self.retry_if!r}, not callable",
             "pass a function of the exception (or failed result) returning bool",
         )  # fmt: skip
+        _require(
+            not inspect.iscoroutinefunction(self.retry_if),
+            own, "retry_if", "is an async function (its coroutine would always count as true)",
+            "pass a plain def returning bool",
+        )  # fmt: skip
         jitter: object = self.jitter
         _require(
             jitter is None
@@ -188,8 +195,18 @@ class RetryConfig:
         )  # fmt: skip
         object.__setattr__(self, "_random", random.Random(self.jitter_seed))
 
-    def wait_s(self, retry_number: int, retry_after_s: float | None = None) -> float:
-        """The wait before retry `retry_number` in seconds: Retry-After or backoff + jitter."""
+    def wait_s(
+        self,
+        retry_number: int,
+        retry_after_s: float | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> float:
+        """The wait before retry `retry_number` in seconds: Retry-After or backoff + jitter.
+
+        Jitter draws from `rng` when given (the executor seeds one per stage and item from
+        `jitter_seed`), else from this config's own source.
+        """
         cap = self.max_delay_ms / 1000
         if retry_after_s is not None:
             return min(max(retry_after_s, 0.0), cap)
@@ -197,9 +214,10 @@ class RetryConfig:
         jitter = self.jitter
         if jitter is None or wait == 0:
             return wait
+        source = rng if rng is not None else self._random
         if jitter == "full":
-            return self._random.uniform(0.0, wait)
-        return min(self._random.uniform(wait * (1 - jitter), wait * (1 + jitter)), cap)
+            return source.uniform(0.0, wait)
+        return min(source.uniform(wait * (1 - jitter), wait * (1 + jitter)), cap)
 
     def accepts(self, error: str | None, exception: BaseException | None, failed: Any) -> bool:
         """Whether a failure (its text, its exception if any, the failed result) may be retried.
