@@ -30,6 +30,7 @@ from pipeline.executor import PipelineExecutor
 from pipeline.functions import FunctionStage, stage
 from pipeline.plan import ExecutionPlan
 from pipeline.protocol import PipelineStage
+from pipeline.resources import CircuitBreaker, Resource
 from pipeline.resolve import resolve_typed_input
 from pipeline.result import (
     AttemptRun,
@@ -50,6 +51,7 @@ __all__ = [
     "AttemptRun",
     "CacheError",
     "CancelToken",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "DefinitionError",
@@ -66,6 +68,7 @@ __all__ = [
     "PipelineRunError",
     "PipelineStage",
     "PipelineValidationError",
+    "Resource",
     "ResourceError",
     "RetryConfig",
     "Scheduling",

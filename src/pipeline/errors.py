@@ -1,7 +1,7 @@
 """The exception tree of `pipeline`; every error the library raises lives here.
 
     PipelineError
-    ├── DefinitionError          bad argument to RetryConfig / StageDefinition / PipelineExecutor
+    ├── DefinitionError          bad argument to a definition, executor, resource or step
     ├── PipelineValidationError  PipelineDefinition.validate(): all problems as ValidationIssue items
     ├── StageError               one stage attempt went wrong (kept as the run record's exception)
     │   ├── StageTimeoutError    an attempt exceeded StageDefinition.timeout_ms
@@ -54,7 +54,9 @@ class PipelineError(Exception):
 class DefinitionError(PipelineError, ValueError):
     """A definition value was constructed with an invalid argument.
 
-    Raised by `RetryConfig(...)`, `StageDefinition(...)` and `PipelineExecutor(...)`.
+    Raised by `RetryConfig(...)`, `StageDefinition(...)`, `PipelineDefinition(...)`,
+    `PipelineExecutor(...)`, `Resource(...)`, `Resource.acquire(weight)`, `CircuitBreaker(...)`
+    and `context.step(...)`.
     """
 
     def __init__(self, owner: str, field: str, problem: str, fix: str) -> None:

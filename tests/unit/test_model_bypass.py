@@ -40,6 +40,7 @@ from pipeline import (
     StageResult,
     StageRun,
     StageStatus,
+    StepRun,
     stage,
 )
 from pipeline._model import copy_with, fast_model, trusted_model
@@ -49,15 +50,18 @@ from pipeline.events import (
     AttemptStarted,
     FanOutItemFinished,
     PipelineEvent,
+    ResourceWaited,
     RetryScheduled,
     RunFinished,
     RunStarted,
     StageCacheHit,
     StageFinished,
     StageStarted,
+    StepFinished,
     WaveStarted,
 )
 from pipeline.plan import ExecutionPlan
+from pipeline.resources import Resource
 from pipeline.testing import Block, Delay, Fail, FakeClock, ScriptedStage
 from tests.unit._support import BACKENDS, Backend
 
@@ -159,6 +163,22 @@ EVENT_FIELDS: dict[type[BaseModel], tuple[dict[str, Any], dict[str, Any]]] = {
             "items": 3,
         },
     ),
+    ResourceWaited: (
+        {"stage_id": "a", "resource": "llm"},
+        {"stage_id": "a", "item": 2, "attempt": 1, "resource": "llm", "weight": 2, "wait_s": 0.5},
+    ),
+    StepFinished: (
+        {"stage_id": "a", "name": "call", "status": StageStatus.SUCCEEDED},
+        {
+            "stage_id": "a",
+            "item": None,
+            "name": "call",
+            "status": StageStatus.FAILED,
+            "cached": False,
+            "attempts": 2,
+            "error": "ValueError: boom",
+        },
+    ),
     RunFinished: (
         {"pipeline_name": "p", "success": True},
         {
@@ -177,6 +197,16 @@ ATTEMPT = {
     "started_ms": 12.5,
     "duration_ms": 3.25,
     "error": "ValueError: boom",
+    "resource_wait_ms": 7.5,
+}
+STEP = {
+    "name": "call",
+    "item": 1,
+    "status": StageStatus.SUCCEEDED,
+    "cached": True,
+    "attempts": 0,
+    "duration_ms": 0.5,
+    "error": None,
 }
 STAGE_RUN_MINIMAL: dict[str, Any] = {
     "stage_id": "c",
@@ -200,6 +230,7 @@ STAGE_RUN_FULL: dict[str, Any] = {
     "error": "Failed after 2 attempts. Last error: ValueError: boom",
     "exception_type": "ValueError",
     "traceback": "Traceback (most recent call last): ...",
+    "steps": (StepRun.model_validate(STEP),),
 }
 SUCCESS = {
     # what `StageResult.success(value)` hands `fast_model`
@@ -292,6 +323,7 @@ def _record_cases() -> dict[str, Case]:
     retried_error = "Failed after 3 attempts. Last error: boom"
     return {
         "AttemptRun-fast_model": (lambda: fast_model(AttemptRun, dict(ATTEMPT)), ATTEMPT),
+        "StepRun-trusted_model": (lambda: trusted_model(StepRun, **STEP), STEP),
         "StageRun-trusted_model-defaults": (
             lambda: trusted_model(StageRun, **STAGE_RUN_MINIMAL),
             STAGE_RUN_MINIMAL,
@@ -382,6 +414,15 @@ def _never(ctx: PipelineContext[Any]) -> bool:
     return False
 
 
+async def _triple(x: int) -> int:
+    return 3 * x
+
+
+@stage
+async def with_step(x: Any, ctx: PipelineContext[Any]) -> int:
+    return await ctx.step("triple", _triple, 2)
+
+
 def _busy_definition(clock: FakeClock) -> PipelineDefinition:
     """Every event kind: waves, retries, a fan-out, a skip, a failure, a timeout."""
     retry = RetryConfig(max_attempts=3, initial_delay_ms=10)
@@ -410,6 +451,7 @@ def _busy_definition(clock: FakeClock) -> PipelineDefinition:
                 critical=False,
             ),
             StageDefinition("after", ScriptedStage(0, repeat_last=True), inputs=["flaky"]),
+            StageDefinition("stepped", with_step, uses={"llm": 1}),
         ],
     )
 
@@ -437,11 +479,12 @@ async def _runs() -> tuple[list[PipelineResult], list[PipelineEvent]]:
     clock = FakeClock()
     cache = MemoryCache()
     busy = _busy_definition(clock)
+    llm = {"llm": Resource(max_in_flight=1)}
     results = []
     with anyio.fail_after(10):
         for definition, executor in (
-            (busy, PipelineExecutor(clock=clock, cache=cache, observers=[collect])),
-            (busy, PipelineExecutor(clock=clock, cache=cache, observers=[collect])),
+            (busy, PipelineExecutor(clock=clock, cache=cache, observers=[collect], resources=llm)),
+            (busy, PipelineExecutor(clock=clock, cache=cache, observers=[collect], resources=llm)),
             (_fail_fast_definition(), PipelineExecutor(clock=clock, observers=[collect])),
             (_invalid_definition(), PipelineExecutor(clock=clock, observers=[collect])),
         ):
@@ -459,6 +502,7 @@ def _built_by_a_run(results: list[PipelineResult]) -> list[BaseModel]:
         built.extend(result.stage_runs.values())
         for record in result.stage_runs.values():
             built.extend(record.attempt_runs)
+            built.extend(record.steps)
         if result.cache_stats is not None:
             built.append(result.cache_stats)
     return built
