@@ -30,8 +30,8 @@ from pipeline.executor import PipelineExecutor
 from pipeline.functions import FunctionStage, stage
 from pipeline.plan import ExecutionPlan
 from pipeline.protocol import PipelineStage
-from pipeline.resources import CircuitBreaker, Resource
 from pipeline.resolve import resolve_typed_input
+from pipeline.resources import CircuitBreaker, Resource
 from pipeline.result import (
     AttemptRun,
     PipelineResult,
