@@ -5,6 +5,14 @@ Workloads (all in one process, baseline and pipeline runs interleaved):
 - W1: one source -> 200 parallel no-op stages -> join; then the same with one no-op sync
   (and one async) observer against no observers, the cost of watching a run.
 - W2: a chain of 200 no-op stages.
+- W1 / W2 per stage, split (issue 10): what one stage costs from nothing to the end of a run,
+  in absolute µs per stage, next to hand-written anyio per stage (W1: a task per concurrent
+  stage in a task group; W2: a loop awaiting 200 coroutines). "build" constructs the
+  `StageDefinition`s and the `PipelineDefinition`; "validate + plan" is `.plan` on that fresh
+  definition (it validates first); "run" is `await PipelineExecutor().execute(d)` with the plan
+  cached; "build + run" times all of it in one go. Medians of 5 rounds x 200 repetitions,
+  `gc.freeze()` after the warm-up (so the collector does not rescan the interpreter's own
+  objects; the garbage a run makes is still collected).
 - W3: fan-out of one no-op stage over 10,000 items (max_concurrent_fan_out=100), plus the
   tracemalloc peak for 2,500 / 5,000 / 10,000 items.
 - W4: a seeded random 40-stage DAG whose stages really sleep 5-40 ms; makespan against the
@@ -20,7 +28,8 @@ Workloads (all in one process, baseline and pipeline runs interleaved):
   `await executor.execute(d)` in a list) for one stage returning a 200,000-element list: time
   and tracemalloc peak of each. These run outside the benchmark's own event loop.
 
-Usage: python benchmarks/overhead.py [--quick] [--backend asyncio|trio] [--scale N]
+Usage: python benchmarks/overhead.py [--quick] [--backend asyncio|trio] [--scale N] [--json PATH]
+(`--json` also writes the rows with their numbers; benchmarks/compare.py uses it.)
 """
 
 from __future__ import annotations
@@ -28,17 +37,19 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import json
 import math
 import random
 import statistics
 import sys
 import time
 import tracemalloc
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
+import pipeline
 from pipeline import (
     ExecutionPattern,
     PipelineContext,
@@ -65,8 +76,10 @@ DAG_NODES = 40
 DAG_SEED = 20240611
 SCALE = 20_000  # W5 stages (chain length, and width of the wide graph)
 BIG_OUTPUT = 200_000  # W6 output length
+SPLIT_ROUNDS, SPLIT_REPS = 5, 200  # W1 / W2 per-stage split: median of rounds of reps each
 
 TARGET_US_PER_STAGE = 20.0
+TARGET_US_BUILD_RUN = 12.0  # W1 / W2 build + run, absolute, on asyncio (issue 10)
 TARGET_US_PER_STAGE_OBSERVED = 10.0  # added by one no-op sync observer (3 events per stage)
 TARGET_US_PER_ITEM = 8.0
 TARGET_EAGER_RATIO = 1.05
@@ -388,6 +401,12 @@ class Row:
     overhead: str
     target: str
     ok: bool | None
+    # For --json / compare.py: the row's number (pipeline side), the baseline's in the same
+    # unit (when there is one), and a key that stays the same between code versions.
+    value: float | None = None
+    base: float | None = None
+    unit: str = ""
+    key: str = ""
 
 
 def ms(seconds: float) -> str:
@@ -452,7 +471,16 @@ async def scale_rows(scale: int, repeats: int, budget_s: float) -> list[Row]:
         big_s = sample_gc_paused(fresh, plan, repeats=repeats, budget_s=budget_s / 2)
         growth = big_s / small_s
         rows += [
-            Row(f"{label}: build definition", "", ms(build_s), per_stage(build_s), "info", None),
+            Row(
+                f"{label}: build definition",
+                "",
+                ms(build_s),
+                per_stage(build_s),
+                "info",
+                None,
+                value=build_s * 1e3,
+                unit="ms",
+            ),
             Row(
                 f"{label}: validate_pipeline() (fresh)",
                 "",
@@ -460,6 +488,8 @@ async def scale_rows(scale: int, repeats: int, budget_s: float) -> list[Row]:
                 per_stage(validate_s),
                 "info",
                 None,
+                value=validate_s * 1e3,
+                unit="ms",
             ),
             Row(
                 f"{label}: .plan (fresh: validate + build)",
@@ -468,6 +498,8 @@ async def scale_rows(scale: int, repeats: int, budget_s: float) -> list[Row]:
                 per_stage(plan_s),
                 f"well under 1 s at 20k: <= {ms(target_s)}",
                 plan_s <= target_s,
+                value=plan_s * 1e3,
+                unit="ms",
             ),
             Row(
                 f"{label}: plan time, x4 stages (gc paused)",
@@ -476,6 +508,8 @@ async def scale_rows(scale: int, repeats: int, budget_s: float) -> list[Row]:
                 f"{growth:.1f}x",
                 f"linear: <= {TARGET_PLAN_GROWTH:g}x",
                 growth <= TARGET_PLAN_GROWTH,
+                value=growth,
+                unit="x",
             ),
         ]
 
@@ -496,6 +530,9 @@ async def scale_rows(scale: int, repeats: int, budget_s: float) -> list[Row]:
                 per_stage(run_s - base_s),
                 "info (W1/W2: <= 20 µs/stage)",
                 None,
+                value=run_s * 1e3,
+                base=base_s * 1e3,
+                unit="ms",
             )
         )
     return rows
@@ -553,6 +590,9 @@ def run_sync_rows(repeats: int, backend: Literal["asyncio", "trio"]) -> list[Row
                 f"{t[name] / t['holder']:.2f}x",
                 "info",
                 None,
+                value=t[name] * 1e3,
+                base=t["holder"] * 1e3,
+                unit="ms",
             ),
             Row(
                 f"{label}: {form} peak",
@@ -561,12 +601,129 @@ def run_sync_rows(repeats: int, backend: Literal["asyncio", "trio"]) -> list[Row
                 f"{p[name] / p['holder']:.2f}x",
                 "info",
                 None,
+                value=p[name] / 2**20,
+                base=p["holder"] / 2**20,
+                unit="MiB",
             ),
         ]
     return rows
 
 
-async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: list[Row]) -> bool:
+async def split_costs(
+    make: Callable[[], PipelineDefinition],
+    base_fn: Callable[[], Awaitable[Any]],
+    rounds: int,
+    reps: int,
+) -> dict[str, float]:
+    """Seconds per repetition of each part of a run from scratch, and of the anyio baseline.
+
+    Each round times `reps` repetitions of the baseline, then `reps` of build / plan / run (one
+    timer around each part of the same repetition; "run" ends once the result and definition are
+    freed), then `reps` of everything in one go; the result is the median over the rounds.
+    Warm-up first, then `gc.freeze()` (undone at the end).
+    """
+
+    async def baseline() -> None:
+        await base_fn()
+
+    parts = {"build": 0.0, "plan": 0.0, "run": 0.0}
+
+    async def split() -> None:
+        t0 = time.perf_counter()
+        definition = make()
+        t1 = time.perf_counter()
+        _ = definition.plan  # fresh: validates, then builds the plan
+        t2 = time.perf_counter()
+        result = await PipelineExecutor().execute(definition)  # the plan is cached now
+        checked(result)
+        del result, definition  # freeing them is part of the cost ("whole" pays it too)
+        t3 = time.perf_counter()
+        parts["build"] += t1 - t0
+        parts["plan"] += t2 - t1
+        parts["run"] += t3 - t2
+
+    async def whole() -> None:
+        checked(await PipelineExecutor().execute(make()))
+
+    async def block(fn: Callable[[], Awaitable[None]], n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        return (time.perf_counter() - t0) / n
+
+    for fn in (baseline, split, whole):  # warm-up
+        await block(fn, min(reps, 20))
+    samples: dict[str, list[float]] = {k: [] for k in ("anyio", "build", "plan", "run", "full")}
+    gc.collect()
+    gc.freeze()
+    try:
+        for _ in range(rounds):
+            samples["anyio"].append(await block(baseline, reps))
+            parts.update(build=0.0, plan=0.0, run=0.0)
+            await block(split, reps)
+            for k, total in parts.items():
+                samples[k].append(total / reps)
+            samples["full"].append(await block(whole, reps))
+    finally:
+        gc.unfreeze()
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+async def split_rows(rounds: int, reps: int, backend: str) -> list[Row]:
+    """W1 / W2 per stage: build, validate + plan, run, and build + run, against anyio."""
+    rows: list[Row] = []
+    for label, make, base_fn in (
+        (f"W1 fan {FAN} + join", w1_definition, w1_baseline),
+        (f"W2 chain {CHAIN}", w2_definition, w2_baseline),
+    ):
+        stages = len(make().stages)
+        costs = await split_costs(make, base_fn, rounds, reps)
+        rows += split_workload_rows(label, {k: v / stages * 1e6 for k, v in costs.items()}, backend)
+    return rows
+
+
+def split_workload_rows(label: str, us: dict[str, float], backend: str) -> list[Row]:
+    """The four rows of one workload from its µs per stage (`split_costs` keys)."""
+    anyio_us = us["anyio"]
+
+    def cell(x: float) -> str:
+        return f"{x:.2f} µs/stage"
+
+    def row(part: str, name: str, *, vs_anyio: bool = False) -> Row:
+        return Row(
+            f"{label} per stage: {name}",
+            f"{cell(anyio_us)} (anyio)" if vs_anyio else "",
+            cell(us[part]),
+            f"{us[part] - anyio_us:+.2f} µs/stage vs anyio" if vs_anyio else "",
+            "info",
+            None,
+            value=us[part],
+            base=anyio_us if vs_anyio else None,
+            unit="µs/stage",
+        )
+
+    full = row("full", "build + run (all of it)", vs_anyio=True)
+    if backend == "asyncio":
+        full.target = f"<= {TARGET_US_BUILD_RUN:g} µs/stage"
+        full.ok = us["full"] <= TARGET_US_BUILD_RUN
+    else:
+        full.target = f"info (asyncio: <= {TARGET_US_BUILD_RUN:g})"
+    return [
+        row("build", "build (StageDefinitions + PipelineDefinition)"),
+        row("plan", "validate + plan (.plan, fresh)"),
+        row("run", "run (plan cached)", vs_anyio=True),
+        full,
+    ]
+
+
+async def run(
+    repeats: int,
+    dag_repeats: int,
+    split: tuple[int, int],
+    backend: str,
+    scale: int,
+    extra: list[Row],
+) -> list[Row]:
     rows: list[Row] = []
     executor = PipelineExecutor()
     eager = PipelineExecutor(scheduling="eager")
@@ -591,8 +748,13 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
                 f"{per_stage:.1f} µs/stage",
                 f"<= {TARGET_US_PER_STAGE:g} µs/stage",
                 per_stage <= TARGET_US_PER_STAGE,
+                value=per_stage,
+                unit="µs/stage (over anyio)",
             )
         )
+
+    # W1 / W2 per stage, split into build, validate + plan and run (issue 10).
+    rows += await split_rows(*split, backend)
 
     # Observers: W1 with one no-op observer against W1 with none (same executor settings).
     w1 = w1_definition()
@@ -617,6 +779,9 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
                 f"{per_stage:.1f} µs/stage",
                 f"<= {TARGET_US_PER_STAGE_OBSERVED:g} µs/stage" if is_sync else "info",
                 per_stage <= TARGET_US_PER_STAGE_OBSERVED if is_sync else None,
+                value=per_stage,
+                unit="µs/stage (over none)",
+                key=f"W1 + 1 no-op {kind} observer",
             )
         )
 
@@ -639,6 +804,8 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
             f"{per_item:.2f} µs/item",
             f"<= {TARGET_US_PER_ITEM:g} µs/item",
             per_item <= TARGET_US_PER_ITEM,
+            value=per_item,
+            unit="µs/item (over anyio)",
         )
     )
 
@@ -657,6 +824,9 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
                 f"{(pipe_peak - base_peak) / 1024:+.0f} KiB",
                 "linear in items",
                 None,
+                value=pipe_peak / 1024,
+                base=base_peak / 1024,
+                unit="KiB",
             )
         )
     base_slope, base_linear = linear_fit([(m, b) for m, b, _ in peaks])
@@ -669,6 +839,9 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
             f"{pipe_slope - base_slope:+.1f} B/item",
             "linear (fit within 10%)",
             base_linear and pipe_linear,
+            value=pipe_slope,
+            base=base_slope,
+            unit="B/item",
         )
     )
 
@@ -698,6 +871,9 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
                 f"{ms(span - base_span)} vs baseline",
                 f"<= {TARGET_EAGER_RATIO:g}x CP" if is_eager else "~1.4-1.5x CP (info)",
                 ratio <= TARGET_EAGER_RATIO if is_eager else None,
+                value=ratio,
+                base=base_span / bound,
+                unit="x critical path",
             )
         )
     eager_span = statistics.median(spans["eager"])
@@ -709,6 +885,8 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
             f"{eager_span / base_span:.3f}x ({(eager_span - base_span) / DAG_NODES * 1e6:.0f} µs/stage)",
             "info: timer overshoot is in both",
             None,
+            value=eager_span / base_span,
+            unit="x",
         )
     )
 
@@ -716,19 +894,27 @@ async def run(repeats: int, dag_repeats: int, backend: str, scale: int, extra: l
         rows += await scale_rows(scale, repeats, budget_s=1.0 if repeats <= 5 else 2.0)
     rows += extra
 
+    rounds, reps = split
     print(
         f"pipeline overhead benchmark  backend={backend}  python={sys.version.split()[0]}  "
         f"repeats={repeats} (W4: {dag_repeats}; W5: until a step used its time budget)  "
         f"W4 critical path={ms(bound)}"
     )
-    print("medians of interleaved runs; overhead = (pipeline - baseline) / stages or items\n")
+    print(f"pipeline from {pipeline.__file__}")
+    print(
+        "medians of interleaved runs; overhead = (pipeline - baseline) / stages or items; "
+        f"'per stage' rows: absolute, median of {rounds} rounds x {reps} repetitions, "
+        "gc.freeze() after warm-up\n"
+    )
     print_table(rows)
-    return all(r.ok is not False for r in rows)
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (5, W4: 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats (5, W4: 1, per-stage split: 3 x 50)"
+    )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument(
         "--scale",
@@ -737,10 +923,25 @@ def main() -> int:
         metavar="N",
         help=f"stages of the W5 chain and wide graph (default {SCALE:,}; 0 skips W5)",
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the rows, with numbers, here")
     args = parser.parse_args()
     repeats, dag_repeats = (5, 1) if args.quick else (15, 3)
+    split = (3, 50) if args.quick else (SPLIT_ROUNDS, SPLIT_REPS)
     extra = run_sync_rows(repeats, args.backend)  # starts its own event loops
-    ok = anyio.run(run, repeats, dag_repeats, args.backend, args.scale, extra, backend=args.backend)
+    rows = anyio.run(
+        run, repeats, dag_repeats, split, args.backend, args.scale, extra, backend=args.backend
+    )
+    ok = all(r.ok is not False for r in rows)
+    if args.json:
+        report = {
+            "backend": args.backend,
+            "python": sys.version.split()[0],
+            "pipeline": pipeline.__file__,
+            "ok": ok,
+            "rows": [{**asdict(r), "key": r.key or r.workload} for r in rows],
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
     print("\nall targets PASS" if ok else "\nsome targets FAIL")
     return 0 if ok else 1
 

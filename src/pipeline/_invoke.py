@@ -82,7 +82,7 @@ async def attempts(
         if item is None:
             error = None if outcome.result.success else outcome.result.error
             wait = outcome.resource_wait_s
-            outcome.attempt_log = [AttemptRecord(1, 0.0, t0, clock.now(), error, wait)]
+            outcome.attempt_log = [AttemptRecord(1, 0.0, t0 + wait, clock.now(), error, wait)]
         return outcome
 
     log: list[AttemptRecord] | None = [] if item is None else None
@@ -93,7 +93,8 @@ async def attempts(
         outcome = await chain(AttemptCall(sid, item, n, value, context))
         if log is not None:
             error = None if outcome.result.success else outcome.result.error
-            log.append(AttemptRecord(n, backoff, t0, clock.now(), error, outcome.resource_wait_s))
+            wait = outcome.resource_wait_s  # waited before the attempt ran: not its duration
+            log.append(AttemptRecord(n, backoff, t0 + wait, clock.now(), error, wait))
         return outcome
 
     def on_retry(next_attempt: int, delay_s: float) -> None:
@@ -226,6 +227,6 @@ async def invoke_stage(
         outcome = await chain(AttemptCall(sid, None, 1, value, context))
         error = None if outcome.result.success else outcome.result.error
         wait = outcome.resource_wait_s
-        outcome.attempt_log = [AttemptRecord(1, 0.0, t0, clock.now(), error, wait)]
+        outcome.attempt_log = [AttemptRecord(1, 0.0, t0 + wait, clock.now(), error, wait)]
         return outcome
     return await invoke_one(sdef, chain, value, context, None, env, cache)

@@ -43,6 +43,7 @@ IssueCode = Literal[
     "unknown_runner",
     "unknown_resource",
     "resource_weight",
+    "type_mismatch",
 ]
 """The closed vocabulary of validation problems."""
 
@@ -139,6 +140,8 @@ class CircuitOpenError(StageError):
     ) -> None:
         self.resource = resource
         self.retry_in_s = retry_in_s
+        # Read as a Retry-After by the retry loop: a retried attempt waits for the trial.
+        self.retry_after_s = retry_in_s
         where = f" (stage {stage_id!r})" if stage_id else ""
         super().__init__(
             stage_id,

@@ -9,7 +9,6 @@ import pytest
 
 from pipeline import (
     CircuitBreaker,
-    CircuitOpenError,
     ExecutionPattern,
     PipelineContext,
     PipelineDefinition,
@@ -151,10 +150,18 @@ async def test_an_open_breaker_fails_attempts_at_once_with_circuit_open_error() 
     with anyio.fail_after(5):
         result = await executor.execute(definition)
     assert not result.success
-    assert down.call_count == 2  # the third and fourth attempts never reached the service
+    # Attempts 1-2 fail and open the circuit at t=1; attempt 3 is refused at once, and its
+    # CircuitOpenError's Retry-After makes the retry wait exactly until the half-open trial
+    # (t=31), which reaches the service, fails, and opens the circuit again.
+    assert down.call_count == 3
+    assert clock.now() == pytest.approx(31.0)
     run = result.stage_runs["call"]
-    assert run.exception_type == CircuitOpenError.__name__
-    assert "circuit of resource 'api' is open (stage 'call')" in (run.error or "")
+    assert run.exception_type == "ConnectionError"  # the trial's own failure
+    refused = run.attempt_runs[2]
+    assert "CircuitOpenError: circuit of resource 'api' is open (stage 'call')" in (
+        refused.error or ""
+    )
+    assert refused.duration_ms == 0.0  # refused at once, no call made
     assert breaker.state == "open"
 
 

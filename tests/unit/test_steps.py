@@ -648,7 +648,9 @@ async def test_failed_calls_count_against_the_resource_circuit_breaker() -> None
     caught: list[BaseException] = []
 
     async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
-        retry = RetryConfig(max_attempts=4, initial_delay_ms=100)
+        # max_delay_ms caps the open circuit's Retry-After (60 s) so attempt 4 comes too early
+        # for the half-open trial and is refused like attempt 3.
+        retry = RetryConfig(max_attempts=4, initial_delay_ms=100, max_delay_ms=1000)
         try:
             await context.step("call", paid, 1, uses={"llm": 1}, retry=retry)
         except CircuitOpenError as exc:
