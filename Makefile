@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   -> creates .venv, installs the project, runs the flagship example
-#   make test   -> creates .venv, installs the project, runs ruff, mypy --strict and pytest
+#   make test   -> creates .venv, installs the project, runs ruff, mypy --strict, pyright
+#                  (on the typing tests and the builder) and pytest
 # CI (.ci/run) also runs `make test-floors`: pytest in .venv-floors, where every runtime dependency
 # is pinned to the lowest version pyproject.toml allows (computed by .ci/floors.py).
 PYTHON ?= python3
@@ -28,8 +29,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pyright also checks the typing tests and the builder's overloads (the whole project is not
+# pyright-clean: a few of the testing helpers and tests use mypy-only idioms). The pyright
+# package (a dev extra) runs on the machine's node, or fetches its own from the npm registry.
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/pyright --pythonpath $(BIN)/python tests/typing src/pipeline/builder.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q

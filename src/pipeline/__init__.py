@@ -5,6 +5,7 @@ Re-exports only; every name here is documented where it is defined.
 
 from pipeline._attempt import AttemptCall
 from pipeline._run import Scheduling
+from pipeline.builder import PipelineBuilder, StageRef
 from pipeline.clock import Clock, SystemClock
 from pipeline.context import CancelToken, PipelineContext
 from pipeline.definition import ExecutionPattern, PipelineDefinition, RetryConfig, StageDefinition
@@ -60,6 +61,7 @@ __all__ = [
     "FunctionStage",
     "LoadError",
     "OverBudgetError",
+    "PipelineBuilder",
     "PipelineContext",
     "PipelineDefinition",
     "PipelineError",
@@ -75,6 +77,7 @@ __all__ = [
     "StageDefinition",
     "StageError",
     "StageOutputError",
+    "StageRef",
     "StageResult",
     "StageRun",
     "StageStatus",

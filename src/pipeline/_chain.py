@@ -1,9 +1,10 @@
 """Building a stage's attempt chain, once per stage and run, from the links of each concern.
 
-    events -> middleware -> resources -> timeout -> runner -> execute
+    events -> middleware -> resources -> timeout -> output check -> runner -> execute
 
-The core links live in `pipeline._attempt`, the flow-control links in `pipeline._flow`; this
-module only decides which a stage needs and keeps an unobserved chain for the next run.
+The core links live in `pipeline._attempt`, the flow-control links in `pipeline._flow`, the
+output check (`validate_outputs=True`) in `pipeline._outputs`; this module only decides which
+a stage needs and keeps an unobserved chain for the next run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from pipeline._attempt import events_link, execute_link, timeout_link
 from pipeline._flow import middleware_links, resources_link
+from pipeline._outputs import output_check_link
 
 if TYPE_CHECKING:
     from pipeline._attempt import Handler
@@ -27,13 +29,15 @@ def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     it costs about 0.3 us a stage (benchmarks/overhead.py W1/W2).
     """
     observed = env.reporter.enabled
-    key = (env.runners, env.clock, env.middleware, env.resources)
+    key = (env.runners, env.clock, env.middleware, env.resources, env.validate_outputs)
     if not observed:
         kept = sdef.__dict__.get(_KEPT)
         if kept is not None and all(a is b for a, b in zip(kept[0], key, strict=True)):
             chain: Handler = kept[1]
             return chain
     handler = execute_link(sdef, env)
+    if env.validate_outputs:
+        handler = output_check_link(sdef, env, handler)
     if sdef.timeout_ms is not None:
         handler = timeout_link(sdef, env, handler)
     if sdef.uses:

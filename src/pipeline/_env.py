@@ -41,6 +41,8 @@ class RunEnv:
     tally: CacheTally | None = None
     middleware: tuple[Any, ...] = ()
     resources: Mapping[str, Resource] = field(default_factory=dict)
+    validate_outputs: bool = False
+    """Check each output against its declared type (`PipelineExecutor(validate_outputs=True)`)."""
     steps: dict[str, list[StepRun]] = field(default_factory=dict)
     """Durable steps (`context.step`) each stage made, in the order they ended (mutable: the
     one per-run log in this otherwise fixed value; they go on the stages' run records)."""

@@ -2,9 +2,10 @@
 
 A rule is a function returning `ValidationIssue`s: a `StageRule` looks at one stage, a
 `GraphRule` at the whole definition. The definition's own rules are `DEFINITION_RULES`; the
-executor adds rules about what it provides (runners, later resources and types) through the
-same `run_rules`. Pure: it reads definitions and imports nothing that runs; raising is the
-caller's choice.
+executor adds rules about what it provides (runners, resources) through the same `run_rules`.
+Pure: it reads definitions and imports nothing that runs; raising is the caller's choice. The
+edge types rule needs to see stage objects (`FunctionStage`, the cache's output types), so it
+lives in `pipeline._types` and plugs in through `register_late_rule` when that module loads.
 """
 
 from __future__ import annotations
@@ -170,6 +171,25 @@ DEFINITION_RULES: Final[
 (the order of the messages users see)."""
 
 
+_late_rules: list[GraphRule] = []
+"""Rules that run after the structural ones on every definition, even a well-formed one."""
+
+
+def register_late_rule(rule: GraphRule) -> None:
+    """Run `rule` after the structural rules in every `collect_issues` (idempotent).
+
+    For rules that need what a pure module may not import: `pipeline._types` registers the
+    edge type check when it loads, which `import pipeline` does.
+    """
+    if rule not in _late_rules:
+        _late_rules.append(rule)
+
+
+def late_issues(scope: Scope) -> list[ValidationIssue]:
+    """The issues of the registered late rules (none registered: no cost)."""
+    return [issue for rule in _late_rules for issue in rule(scope)]
+
+
 def run_rules(
     scope: Scope,
     before: Iterable[GraphRule],
@@ -195,7 +215,8 @@ def collect_issues(
     """Every structural problem of `stages`, in a stable order.
 
     A well-formed definition costs one cheap pass (plus `graph`, the scan the plan reuses);
-    the rules, which build messages, run only when that pass finds something wrong.
+    the rules, which build messages, run only when that pass finds something wrong. The late
+    rules (edge types) run either way, after the others, and keep their own cheap path.
     """
     if not stages:
         return (
@@ -213,12 +234,12 @@ def collect_issues(
         and graph.wave_of is not None
         and all(_looks_fine(s, known) for s in stages)
     ):
-        return ()
+        return tuple(late_issues(Scope(stages, known, acyclic=True))) if _late_rules else ()
     budget = MAX_SUGGESTED if len(known) <= MAX_IDS_FOR_SUGGESTIONS else 0
     # With duplicate ids the scan's answer is about a different graph: let graphlib decide.
     acyclic = graph.wave_of is not None and len(known) == len(stages)
     scope = Scope(stages, known, suggestions_left=budget, acyclic=acyclic)
-    return tuple(run_rules(scope, *DEFINITION_RULES))
+    return tuple(run_rules(scope, *DEFINITION_RULES) + late_issues(scope))
 
 
 def _looks_fine(s: StageDefinition, known: set[str]) -> bool:

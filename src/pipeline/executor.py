@@ -92,6 +92,12 @@ class PipelineExecutor:
         middleware: Objects with `async def __call__(self, call, call_next) -> StageResult`
             wrapping every attempt (of a stage or one fan-out item) inside the retry loop and
             outside the timeout; the first is the outermost. One that raises fails the attempt.
+        validate_outputs: Check every output (each fan-out item's) against the stage's
+            declared output type (section 6's order) with a pydantic `TypeAdapter`, strictly:
+            the value must already be of that type (`"5"` is not an `int`). A mismatch fails
+            the attempt (retried like any failure) with a message naming the type; cache hits
+            are never checked, and stages without a declared type are not either. Default
+            False: no cost.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class PipelineExecutor:
         runners: Mapping[str, Runner] | None = None,
         resources: Mapping[str, Resource] | None = None,
         middleware: Iterable[Middleware] = (),
+        validate_outputs: bool = False,
     ) -> None:
         if scheduling not in ("waves", "eager"):
             raise DefinitionError(
@@ -145,6 +152,14 @@ class PipelineExecutor:
             shared[name] = resource
         self.resources: Mapping[str, Resource] = MappingProxyType(shared)
         """The shared resources by name, fixed at construction."""
+        flag: object = validate_outputs  # runtime check for callers without a type checker
+        if not isinstance(flag, bool):
+            raise DefinitionError(
+                "PipelineExecutor", "validate_outputs", f"is {validate_outputs!r}",
+                "use True or False",
+            )  # fmt: skip
+        self.validate_outputs = validate_outputs
+        """Whether each output is checked against its declared type (see the class docstring)."""
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         """The middleware around every attempt, outermost first."""
         for mw in self.middleware:
@@ -248,6 +263,7 @@ class PipelineExecutor:
             runners=self.runners,
             resources=self.resources,
             middleware=self.middleware,
+            validate_outputs=self.validate_outputs,
             store=self.cache,
             serializer=self.cache_serializer,
             tally=None if self.cache is None else CacheTally(),
