@@ -5,8 +5,8 @@
 
 * lyrics runs only when audio analysis found vocals (a context state flag); it is non-critical.
 
-Every stage is a small typed class satisfying `PipelineStage` (no base class); the data between
-stages are frozen pydantic models; the LLM provider and job config are injected through the
+Every stage is a small typed class satisfying `PipelineStage` (no base class), wired with
+`PipelineBuilder` so mypy checks each edge; the data between stages are frozen pydantic models; the LLM provider and job config are injected through the
 context. Work is simulated with short real sleeps. On a terminal (with the `progress` extra) a
 live display shows the run; then `result.summary()` prints where the time went. Run it with
 `make demo`; exits 0 on success.
@@ -22,14 +22,12 @@ from pydantic import BaseModel
 
 from pipeline import (
     ExecutionPattern,
+    PipelineBuilder,
     PipelineContext,
-    PipelineDefinition,
     PipelineExecutor,
     PipelineResult,
     RetryConfig,
-    StageDefinition,
     StageResult,
-    resolve_typed_input,
 )
 
 if TYPE_CHECKING:
@@ -146,11 +144,12 @@ class MacroPlannerStage:
     def name(self) -> str:
         return "macro_planner"
 
-    async def execute(self, input: dict[str, Any], ctx: Ctx) -> StageResult[MacroPlan]:
-        # Several inputs arrive as {stage_id: output}; a skipped lyrics stage gives None.
-        profile, others = resolve_typed_input(input, Profile, "profile")
-        audio: AudioBundle = others["audio"]
-        lyrics: Lyrics | None = others["lyrics"]
+    async def execute(
+        self, input: tuple[AudioBundle, Profile, Lyrics | None], ctx: Ctx
+    ) -> StageResult[MacroPlan]:
+        # Wired by the builder from a tuple of refs: the inputs arrive as a tuple, in order;
+        # a skipped lyrics stage gives None.
+        audio, profile, lyrics = input
         llm: FakeLLM = ctx.provider
         await llm.complete(f"macro plan for a {profile.mood} track", latency_s=0.04)
         ctx.increment_metric("llm_calls")
@@ -206,9 +205,10 @@ class RenderStage:
     def name(self) -> str:
         return "render"
 
-    async def execute(self, input: dict[str, Any], ctx: Ctx) -> StageResult[RenderOutput]:
-        plan, others = resolve_typed_input(input, MacroPlan, "macro")
-        group_plans: list[GroupPlan] = others["groups"]
+    async def execute(
+        self, input: tuple[MacroPlan, list[GroupPlan]], ctx: Ctx
+    ) -> StageResult[RenderOutput]:
+        plan, group_plans = input
         await anyio.sleep(0.05)  # writing the sequence file
         job: JobConfig = ctx.job_config
         output = RenderOutput(
@@ -223,35 +223,32 @@ class RenderStage:
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
-PIPELINE = PipelineDefinition(
-    name="render",
-    stages=[
-        StageDefinition("audio", AudioAnalysisStage()),
-        # profile and lyrics depend only on audio: they run concurrently
-        StageDefinition("profile", AudioProfileStage(), inputs=["audio"]),
-        StageDefinition(
-            "lyrics",
-            LyricsStage(),
-            pattern=ExecutionPattern.CONDITIONAL,
-            inputs=["audio"],
-            condition=lambda ctx: bool(ctx.get_state("has_lyrics", False)),
-            critical=False,  # no lyrics is fine: the macro planner goes instrumental
-        ),
-        StageDefinition("macro", MacroPlannerStage(), inputs=["audio", "profile", "lyrics"]),
-        StageDefinition("group_contexts", GroupContextsStage(), inputs=["macro"]),
-        StageDefinition(
-            "groups",
-            GroupPlannerStage(),
-            pattern=ExecutionPattern.FAN_OUT,  # once per display group, 3 at a time
-            inputs=["group_contexts"],
-            max_concurrent_fan_out=3,
-            retry_config=RetryConfig(
-                max_attempts=3, initial_delay_ms=25, retryable_errors=["rate_limit"]
-            ),
-        ),
-        StageDefinition("render", RenderStage(), inputs=["macro", "groups"]),
-    ],
+# Wired with the builder, so mypy --strict checks every edge: each `add` returns a typed
+# `StageRef`, and handing a stage a ref of the wrong type (say `inputs=profile` to the macro
+# planner) is a type error before anything runs. `build()` gives an ordinary PipelineDefinition.
+_builder: PipelineBuilder[str] = PipelineBuilder("render")
+audio = _builder.add("audio", AudioAnalysisStage())
+# profile and lyrics depend only on audio: they run concurrently
+profile = _builder.add("profile", AudioProfileStage(), inputs=audio)
+lyrics = _builder.add(
+    "lyrics",
+    LyricsStage(),
+    inputs=audio,
+    pattern=ExecutionPattern.CONDITIONAL,
+    condition=lambda ctx: bool(ctx.get_state("has_lyrics", False)),
+    critical=False,  # no lyrics is fine: the macro planner goes instrumental
 )
+macro = _builder.add("macro", MacroPlannerStage(), inputs=(audio, profile, lyrics))
+group_contexts = _builder.add("group_contexts", GroupContextsStage(), inputs=macro)
+groups = _builder.fan_out(
+    "groups",
+    GroupPlannerStage(),  # once per display group, 3 at a time
+    inputs=group_contexts,
+    max_concurrent_fan_out=3,
+    retry_config=RetryConfig(max_attempts=3, initial_delay_ms=25, retryable_errors=["rate_limit"]),
+)
+_builder.add("render", RenderStage(), inputs=(macro, groups))
+PIPELINE = _builder.build()
 
 
 def live_display() -> list[Observer]:
