@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, cast, final
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, final
 
 import anyio
 import anyio.from_thread
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
     from pipeline.events import Observer
     from pipeline.resources import Resource
     from pipeline.runners import Runner
+
+T = TypeVar("T")
 
 TOKEN_POLL_S = 0.02
 """How often a cancel token that cannot be awaited (not an `anyio.Event`) is checked."""
@@ -131,25 +133,12 @@ class PipelineExecutor:
         )
         self.observers: tuple[Observer, ...] = tuple(observers)
         named: dict[str, Runner] = {INLINE: InlineRunner(), THREADS: ThreadRunner()}
-        for name, runner in (runners or {}).items():
-            key: object = name  # runtime check for callers without a type checker
-            if not isinstance(key, str) or not callable(getattr(runner, "run", None)):
-                raise DefinitionError(
-                    "PipelineExecutor", f"runners[{name!r}]", f"is {runner!r}",
-                    "map names to runner objects with an async run(stage, input, context)",
-                )  # fmt: skip
-            named[name] = runner
+        fix = "map names to runner objects with an async run(stage, input, context)"
+        named.update(_named("runners", runners, "run", fix))
         self.runners: Mapping[str, Runner] = MappingProxyType(named)
         """The runners by name, fixed at construction (stages' attempt chains are built once)."""
-        shared: dict[str, Resource] = {}
-        for name, resource in (resources or {}).items():
-            key = cast("object", name)  # runtime check for callers without a type checker
-            if not isinstance(key, str) or not callable(getattr(resource, "acquire", None)):
-                raise DefinitionError(
-                    "PipelineExecutor", f"resources[{name!r}]", f"is {resource!r}",
-                    'map names to pipeline.Resource(...) objects, e.g. {"llm": Resource(rate=10)}',
-                )  # fmt: skip
-            shared[name] = resource
+        fix = 'map names to pipeline.Resource(...) objects, e.g. {"llm": Resource(rate=10)}'
+        shared: dict[str, Resource] = _named("resources", resources, "acquire", fix)
         self.resources: Mapping[str, Resource] = MappingProxyType(shared)
         """The shared resources by name, fixed at construction."""
         flag: object = validate_outputs  # runtime check for callers without a type checker
@@ -457,6 +446,17 @@ class PipelineExecutor:
             stage_runs={},
             run_id=reporter.run_id,
         )
+
+
+def _named(field: str, given: Mapping[str, T] | None, method: str, fix: str) -> dict[str, T]:
+    """`given` as a dict, each name a str and each value with a callable `method`."""
+    named: dict[str, T] = {}
+    for name, value in (given or {}).items():
+        key = cast("object", name)  # runtime check for callers without a type checker
+        if not isinstance(key, str) or not callable(getattr(value, method, None)):
+            raise DefinitionError("PipelineExecutor", f"{field}[{name!r}]", f"is {value!r}", fix)
+        named[name] = value
+    return named
 
 
 def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
