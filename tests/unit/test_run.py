@@ -7,6 +7,7 @@ last stage returns) drive a `RunState` by hand. Every scenario runs on asyncio a
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,6 +15,7 @@ import pytest
 
 from pipeline import (
     ExecutionPattern,
+    FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
@@ -459,3 +461,29 @@ async def test_build_reports_the_plan_and_statuses_in_plan_order() -> None:
     assert list(result.stage_results) == ["first", "skip", "late"]
     assert (result.failed_stages, result.skipped_stages) == (["first"], ["skip"])
     assert result.run_id is None  # unobserved runs have no run id
+
+
+_tag: contextvars.ContextVar[str | None] = contextvars.ContextVar("_tag", default=None)
+
+
+@on_both_backends
+async def test_a_context_variable_a_stage_sets_never_reaches_other_stages() -> None:
+    """Stages share worker tasks; each still runs in its own copy of the context."""
+    seen: dict[str, str | None] = {}
+
+    def tagging(name: str) -> FunctionStage[Any, str]:
+        async def body(x: Any, ctx: PipelineContext[Any]) -> str:
+            seen[name] = _tag.get()
+            _tag.set(f"{name} was here")
+            return name
+
+        return FunctionStage(body, name=name)
+
+    stages = [StageDefinition("a", tagging("a"))]
+    stages += [StageDefinition(s, tagging(s), inputs=["a"]) for s in ("x", "y", "z")]
+    stages += [StageDefinition("after", tagging("after"), inputs=["x"])]
+    with anyio.fail_after(5):
+        result = await PipelineExecutor().execute(PipelineDefinition("tags", stages))
+    assert result.success
+    assert seen == dict.fromkeys(["a", "x", "y", "z", "after"])
+    assert _tag.get() is None
