@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 from pipeline._attempt import events_link, execute_link, timeout_link
 from pipeline._flow import middleware_links, resources_link
 from pipeline._outputs import output_check_link
+from pipeline.definition import ATTEMPT_CHAIN_ATTR
 
 if TYPE_CHECKING:
     from pipeline._attempt import Handler
@@ -50,5 +51,5 @@ def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     return handler
 
 
-_KEPT: Final = "_pipeline_attempt_chain"
+_KEPT: Final = ATTEMPT_CHAIN_ATTR
 """Where `build_chain` keeps an unobserved chain on its `StageDefinition` (see there)."""

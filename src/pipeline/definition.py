@@ -13,8 +13,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard, final
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard, final
 
 from pipeline._graph import Graph, scan
 from pipeline._validation import collect_issues
@@ -43,6 +42,11 @@ class ExecutionPattern(enum.StrEnum):
     PARALLEL = "parallel"
     FAN_OUT = "fan_out"
     CONDITIONAL = "conditional"
+
+
+ATTEMPT_CHAIN_ATTR: Final = "_pipeline_attempt_chain"
+"""Where the executor keeps a stage's built attempt chain on its `StageDefinition` (not a field:
+eq, hash, `dataclasses.replace`, pickle and deepcopy all leave it out)."""
 
 
 def _require(ok: bool, owner: str, name: str, problem: str, fix: str) -> None:
@@ -355,10 +359,16 @@ class StageDefinition:
             and (type(f.cache_version) is str or _is_int(f.cache_version))
             and (not f.uses or _valid_uses(f.uses))
         ):
-            if f.uses:  # a read-only copy: the caller's dict may change, this stage must not
-                object.__setattr__(self, "uses", MappingProxyType(dict(f.uses)))
+            if f.uses:  # a copy: the caller's dict may change, this stage must not
+                object.__setattr__(self, "uses", dict(f.uses))
             return
         self._check_fields()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, for pickle and deepcopy (without the executor's cached attempt chain)."""
+        state = dict(self.__dict__)
+        state.pop(ATTEMPT_CHAIN_ATTR, None)
+        return state
 
     def _check_fields(self) -> None:
         own = f"StageDefinition {self.id!r}"
@@ -425,7 +435,7 @@ class StageDefinition:
             own, "uses", f"is {uses!r}",
             'map resource names to int weights >= 1, e.g. uses={"llm": 1}',
         )  # fmt: skip
-        object.__setattr__(self, "uses", MappingProxyType(dict(self.uses)))
+        object.__setattr__(self, "uses", dict(self.uses))
         version: object = self.cache_version
         _require(
             isinstance(version, str) or _is_int(version),

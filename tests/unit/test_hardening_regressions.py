@@ -205,3 +205,31 @@ def test_only_the_first_few_unknown_inputs_get_suggestions() -> None:
     messages = PipelineDefinition("typos", stages).validate_pipeline()
     assert len(messages) == 10
     assert sum("did you mean 'load'?" in m for m in messages) == 3
+
+
+class _One:
+    """A picklable stage (module level, no lock)."""
+
+    name = "one"
+
+    async def execute(self, input: Any, context: PipelineContext[Any]) -> StageResult[int]:
+        return StageResult.success(1)
+
+
+def test_a_stage_definition_pickles_and_deep_copies_after_a_run() -> None:
+    """The executor keeps a built attempt chain on the definition; it never travels with it."""
+    import copy
+    import pickle
+
+    from pipeline import Resource
+
+    sd = StageDefinition("a", _One(), uses={"r": 1})
+    definition = PipelineDefinition("p", [sd])
+    PipelineExecutor(resources={"r": Resource(max_in_flight=2)}).run_sync(definition)
+    assert "_pipeline_attempt_chain" in sd.__dict__  # kept for the next run
+    restored = pickle.loads(pickle.dumps(sd))
+    assert "_pipeline_attempt_chain" not in restored.__dict__
+    assert restored.uses == {"r": 1}
+    copied = copy.deepcopy(definition)
+    assert "_pipeline_attempt_chain" not in copied.stages[0].__dict__
+    assert PipelineExecutor(resources={"r": Resource(max_in_flight=2)}).run_sync(copied).success
