@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pipeline.cache._step import CacheTally
     from pipeline.cache._store import CacheStore
     from pipeline.clock import Clock
-    from pipeline.definition import StageDefinition
+    from pipeline.definition import PipelineDefinition, StageDefinition
     from pipeline.resources import Resource
     from pipeline.result import StepRun
     from pipeline.runners import Runner
@@ -41,6 +41,8 @@ class RunEnv:
     tally: CacheTally | None = None
     middleware: tuple[Any, ...] = ()
     resources: Mapping[str, Resource] = field(default_factory=dict)
+    definition: PipelineDefinition | None = None
+    """The definition being run (durable steps read their stage's `cache_version` from it)."""
     validate_outputs: bool = False
     """Check each output against its declared type (`PipelineExecutor(validate_outputs=True)`)."""
     steps: dict[str, list[StepRun]] = field(default_factory=dict)

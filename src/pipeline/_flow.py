@@ -66,8 +66,9 @@ def _middleware_link(sid: str, middleware: Middleware, inner: Handler) -> Handle
         except BaseException as exc:  # noqa: BLE001  # re-raised unless it is a failure
             await raise_if_not_a_failure(exc)
             return failed(sid, exc, call.attempt)
-        if last and returned is last[-1].result:
-            return last[-1]  # what the chain produced, with its exception and resource wait
+        for produced in reversed(last):
+            if returned is produced.result:
+                return produced  # what the chain produced, with its exception and resource wait
         if not isinstance(returned, StageResult):
             wrong = StageOutputError(sid, call.attempt, returned)
             message = (
@@ -84,7 +85,8 @@ def _middleware_link(sid: str, middleware: Middleware, inner: Handler) -> Handle
             # exception: retry by type and Retry-After still see what the stage raised.
             outcome.resource_wait_s = last[-1].resource_wait_s
             if not returned.success:
-                outcome.exception = last[-1].exception
+                failures = [o.exception for o in last if o.exception is not None]
+                outcome.exception = failures[-1] if failures else None
         return outcome
 
     return through_middleware

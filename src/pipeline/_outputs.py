@@ -106,6 +106,7 @@ def _message(sid: str, item: int | None, value: object, declared: Any, exc: Exce
             detail += f" (and {more} more)" if more else ""
     return (
         f"{who} returned {type(value).__name__}, which is not its declared output type "
-        f"{type_name(declared)} (validate_outputs=True checks strictly: {detail}); return a "
-        f"{type_name(declared)} or fix the declared type (output_type= or the return annotation)"
+        f"{type_name(declared)} (validate_outputs=True checks strictly: {detail}); return "
+        f"a value of type {type_name(declared)} or fix the declared type (output_type= or the "
+        "return annotation)"
     )

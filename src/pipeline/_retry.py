@@ -114,7 +114,10 @@ def will_retry(config: RetryConfig | None, attempt: int, outcome: Outcome) -> bo
 
 def retry_after_s(outcome: Outcome) -> float | None:
     """A Retry-After the failure carries: `exc.retry_after_s` or `metadata["retry_after_s"]`."""
-    value = getattr(outcome.exception, "retry_after_s", None)
+    try:  # a user's exception may compute it in a property that raises: then there is none
+        value = getattr(outcome.exception, "retry_after_s", None)
+    except Exception:  # noqa: BLE001  # a broken Retry-After never fails the run
+        value = None
     if value is None:
         value = outcome.result.metadata.get("retry_after_s")
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):

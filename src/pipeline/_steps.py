@@ -62,14 +62,17 @@ _OUTSIDE_CLOCK: Final = SystemClock()
 """The clock of a step made outside a run (`pipeline.testing.run_stage`)."""
 
 
-def step_key(pipeline: str, stage_id: str, name: str, args_fingerprint: str) -> CacheKey:
+def step_key(
+    pipeline: str, stage_id: str, name: str, args_fingerprint: str, version: str | int = 0
+) -> CacheKey:
     """The cache key of step `name` of stage `stage_id` called with arguments of that fingerprint.
 
     Its own kind in the key layout, so a step's entry never shares a key with a stage or item
-    entry (whatever their `cache_version`), with another step, stage or pipeline. The key keeps
-    `stage_id`, so `CacheStore.invalidate(stage_id)` drops the stage's steps too.
+    entry (whatever their `cache_version`), with another step, stage or pipeline. It includes
+    the stage's `cache_version`, so bumping it after fixing a prompt pays the steps again. The
+    key keeps `stage_id`, so `CacheStore.invalidate(stage_id)` drops the stage's steps too.
     """
-    parts = [KEY_SCHEMA, STEP_KIND, pipeline, stage_id, name, args_fingerprint]
+    parts = [KEY_SCHEMA, STEP_KIND, pipeline, stage_id, version, name, args_fingerprint]
     text = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
     return CacheKey(stage_id, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
 
@@ -187,6 +190,7 @@ async def _attempts(
     clock: Clock,
     held: tuple[tuple[str, int], ...],
     sid: str,
+    jitter_key: str = "",
 ) -> Outcome:
     """Every call of the step, retried per `retry` on `clock`, each holding the resources."""
 
@@ -214,7 +218,7 @@ async def _attempts(
                 lease.mark_failed()  # counts against the resource's circuit breaker
             return outcome
 
-    return await with_retry(attempt, retry, clock)
+    return await with_retry(attempt, retry, clock, jitter_key=jitter_key)
 
 
 async def run_step(
@@ -315,7 +319,8 @@ class _Step:
                     self._record(StageStatus.SUCCEEDED, cached=True, attempts=0, error=None)
                     return value
         try:
-            outcome = await _attempts(fn, args, retry, self.env.clock, held, self.sid)
+            where = f"{self.sid}/{self.name}" + ("" if self.item is None else f"[{self.item}]")
+            outcome = await _attempts(fn, args, retry, self.env.clock, held, self.sid, where)
         except (ResourceError, DefinitionError) as exc:
             self._record(StageStatus.FAILED, cached=False, attempts=0, error=exception_text(exc))
             raise
@@ -348,7 +353,9 @@ class _Step:
                 text = f"cannot fingerprint args: {exception_text(exc)}"
             self._warn(f"not cached: {text}")
             return None
-        return step_key(self.env.pipeline_name, self.sid, self.name, digest)
+        definition = self.env.definition
+        version = 0 if definition is None else definition.get_stage(self.sid).cache_version
+        return step_key(self.env.pipeline_name, self.sid, self.name, digest, version)
 
     def _tally(self, counter: str) -> None:
         tally = self.env.tally

@@ -251,6 +251,7 @@ class PipelineExecutor:
             clock=self.clock,
             reporter=reporter,
             pipeline_name=pipeline.name,
+            definition=pipeline,
             runners=self.runners,
             resources=self.resources,
             middleware=self.middleware,

@@ -517,3 +517,30 @@ async def test_a_middleware_rewriting_a_failure_keeps_its_exception_for_retry_on
     result = await run(definition, [Annotates()], FakeClock())
     assert result.success
     assert stage.call_count == 2
+
+
+class TwiceReturnFirst:
+    """Calls the rest of the chain twice and returns the first answer (a hedging middleware)."""
+
+    async def __call__(self, call: AttemptCall, call_next: Any) -> StageResult[Any]:
+        first: StageResult[Any] = await call_next(call)
+        await call_next(call)
+        return first
+
+
+@on_both_backends
+async def test_the_returned_result_keeps_its_own_exception_when_call_next_ran_twice() -> None:
+    class Throttled(Exception):
+        pass
+
+    stage = ScriptedStage(Throttled("429"), "ok", "ok", repeat_last=True)
+    definition = PipelineDefinition(
+        "hedged",
+        [
+            StageDefinition(
+                "s", stage, retry_config=RetryConfig(2, initial_delay_ms=1, retry_on=(Throttled,))
+            )
+        ],
+    )
+    result = await run(definition, [TwiceReturnFirst()], FakeClock())
+    assert result.success  # the first attempt's Throttled was seen, so it was retried

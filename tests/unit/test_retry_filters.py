@@ -669,3 +669,20 @@ async def test_a_seeded_jitter_repeats_run_after_run_with_one_config() -> None:
         waits.append(clock.sleeps)
     assert waits[0] == waits[1]
     assert len(waits[0]) == 3
+
+
+class BrokenRetryAfter(Exception):
+    """Its Retry-After is computed in a property that raises."""
+
+    @property
+    def retry_after_s(self) -> float:
+        raise KeyError("no header")
+
+
+@on_both_backends
+async def test_a_retry_after_property_that_raises_means_no_retry_after() -> None:
+    clock = FakeClock()
+    stage = ScriptedStage(BrokenRetryAfter("503"), "ok")
+    result = await run_one(stage, clock, RetryConfig(2, initial_delay_ms=250))
+    assert result.success
+    assert clock.sleeps == [0.25]  # the computed backoff, as if there were no Retry-After

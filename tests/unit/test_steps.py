@@ -813,3 +813,19 @@ async def test_outside_a_run_a_step_is_a_plain_retried_call() -> None:
     assert (first, second) == (20, 20)
     assert paid.calls == [2, 2, 2]  # one failure, one retry, then paid again: nothing replayed
     assert "outside a pipeline run" in error
+
+
+@on_both_backends
+async def test_bumping_the_stage_cache_version_pays_its_steps_again() -> None:
+    """After a prompt is fixed, `cache_version` must not replay the old answers (review)."""
+    store = MemoryCache()
+    paid = Paid()
+
+    async def body(input: Any, context: PipelineContext[Any]) -> StageResult[Any]:
+        return StageResult.success(await context.step("call", paid, 1))
+
+    for version in (1, 1, 2):
+        definition = one_stage(FunctionStage(body), cache_version=version)
+        result = await PipelineExecutor(cache=store).execute(definition)
+        assert result.success
+    assert paid.calls == [1, 1]  # paid at version 1, replayed at 1, paid again at 2
