@@ -450,11 +450,13 @@ def _positional_or_mapping(
     """Several inputs into a type that is not keyed by stage id."""
     args = typing.get_args(expected)
     if (
-        typing.get_origin(expected) is tuple
+        getattr(s.stage, "__pipeline_tuple_input__", False)
+        and typing.get_origin(expected) is tuple
         and len(args) == len(producers)
         and Ellipsis not in args
     ):
-        # A stage the builder wires from a tuple of refs receives its inputs as a tuple.
+        # A stage the builder wires from a tuple of refs receives its inputs as a tuple; any
+        # other stage with several inputs receives `{id: output}`, whatever it annotates.
         for i, (producer, want) in enumerate(zip(producers, args, strict=True)):
             out = edge_type(producer)
             if fits(out, want) is False:

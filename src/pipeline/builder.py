@@ -477,6 +477,7 @@ def _tuple_adapter(stage: PipelineStage[Any, Any], ids: tuple[str, ...]) -> Any:
             abandon_on_cancel=stage.abandon_on_cancel,
         )
         adapter.__wrapped_stage__ = stage  # type: ignore[attr-defined]  # read by unwrap_stage
+        adapter.__pipeline_tuple_input__ = True  # type: ignore[attr-defined]  # read by _types
         return adapter
     return TupleInputStage(stage, ids)
 
@@ -511,6 +512,9 @@ class TupleInputStage(Generic[OutputT]):
         stage: The stage taking `tuple[...]`.
         ids: The input stage ids, in the tuple's order.
     """
+
+    __pipeline_tuple_input__ = True
+    """Validation reads this: the stage receives a tuple, not `{id: output}`."""
 
     def __init__(self, stage: PipelineStage[Any, OutputT], ids: tuple[str, ...]) -> None:
         self.stage = stage

@@ -657,3 +657,41 @@ def test_without_beartype_identical_types_need_no_warning(
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         assert d.issues == ()
     assert caplog.records == []
+
+
+def test_a_tuple_annotation_on_a_plain_multi_input_stage_is_a_mismatch() -> None:
+    """Only the builder's adapter hands a stage a tuple; a plain stage receives {id: output}.
+
+    (Found in review: `a, b = input` on the dict silently unpacked the keys.)
+    """
+    from pipeline import PipelineBuilder, stage
+
+    @stage
+    async def one(x: Any, ctx: PipelineContext[Any]) -> int:
+        return 1
+
+    @stage
+    async def word(x: Any, ctx: PipelineContext[Any]) -> str:
+        return "w"
+
+    @stage
+    async def pair(x: tuple[int, str], ctx: PipelineContext[Any]) -> str:
+        return f"{x[0]}-{x[1]}"
+
+    plain = PipelineDefinition(
+        "plain",
+        [
+            StageDefinition("a", one),
+            StageDefinition("b", word),
+            StageDefinition("c", pair, inputs=["a", "b"]),
+        ],
+    )
+    (issue,) = plain.issues
+    assert issue.code == "type_mismatch"
+    assert issue.stage_id == "c"
+    assert "receives a dict" in issue.message
+
+    builder: PipelineBuilder[Any] = PipelineBuilder("built")
+    a, b = builder.add("a", one), builder.add("b", word)
+    builder.add("c", pair, inputs=(a, b))
+    assert builder.build().issues == ()
