@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel
 
-from pipeline._validation import register_late_rule
+from pipeline._validation import has_async_execute, register_late_rule
 from pipeline._wrapped import unwrap_stage
 from pipeline.cache._serialize import output_type_of
 from pipeline.definition import ExecutionPattern
@@ -331,8 +331,8 @@ def edge_type_issues(scope: Scope) -> Iterator[ValidationIssue]:
         if not s.inputs:
             continue
         expected = input_type(s)
-        if expected is Any:
-            continue
+        if expected is Any or not has_async_execute(s.stage):
+            continue  # untyped, or not a stage at all (reported as invalid_stage already)
         producers = [by_id[d] for d in s.inputs if d in by_id]
         if len(producers) < len(s.inputs):
             continue  # an unknown input is reported already; its type is anyone's guess
@@ -450,7 +450,7 @@ def _positional_or_mapping(
     """Several inputs into a type that is not keyed by stage id."""
     args = typing.get_args(expected)
     if (
-        getattr(s.stage, "__pipeline_tuple_input__", False)
+        _receives_a_tuple(s.stage)
         and typing.get_origin(expected) is tuple
         and len(args) == len(producers)
         and Ellipsis not in args
@@ -506,3 +506,15 @@ def _mapping_args(tp: Any) -> tuple[Any, Any] | None:
 
 
 register_late_rule(edge_type_issues)
+
+
+def _receives_a_tuple(stage: object) -> bool:
+    """Whether the builder's tuple adapter is among `stage`'s wrappers (a recorder may wrap it)."""
+    for _ in range(100):
+        if getattr(stage, "__pipeline_tuple_input__", False):
+            return True
+        inner = getattr(stage, "__wrapped_stage__", None)
+        if inner is None:
+            return False
+        stage = inner
+    return False

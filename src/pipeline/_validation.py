@@ -117,7 +117,7 @@ def _missing_condition(s: StageDefinition, scope: Scope) -> Iterator[ValidationI
 
 
 def _stage_object(s: StageDefinition, scope: Scope) -> Iterator[ValidationIssue]:
-    if not _has_async_execute(s.stage):
+    if not has_async_execute(s.stage):
         execute = getattr(s.stage, "execute", None)
         what = "no execute method" if execute is None else "an execute that is not async"
         yield ValidationIssue(
@@ -249,14 +249,14 @@ def _looks_fine(s: StageDefinition, known: set[str]) -> bool:
         (n == 0 or all(d in known for d in s.inputs))
         and not (n > 1 and s.pattern == "fan_out")
         and not (s.condition is None and s.pattern == "conditional")
-        and _has_async_execute(s.stage)
+        and has_async_execute(s.stage)
     )
 
 
 _async_execute: dict[type[object], bool] = {}
 
 
-def _has_async_execute(stage: object) -> bool:
+def has_async_execute(stage: object) -> bool:
     """`stage.execute` is an `async def` (answered once per class unless an instance overrides)."""
     cls = type(stage)
     own = getattr(stage, "__dict__", None)

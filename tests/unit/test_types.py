@@ -28,6 +28,7 @@ from pipeline import (
     _types as types_module,
     stage,
 )
+from pipeline.builder import TupleInputStage
 from pipeline.testing import record_run
 from tests.unit._support import on_both_backends
 
@@ -437,8 +438,19 @@ def test_several_inputs_into_a_tuple_are_checked_in_order() -> None:
     d = pipeline_of(
         StageDefinition("a", square),
         StageDefinition("b", load),
-        StageDefinition("c", untyped, inputs=["a", "b"], input_type=tuple[int, list[int]]),
-        StageDefinition("d", untyped, inputs=["a", "b"], input_type=tuple[list[int], int]),
+        # The builder's adapter: only a stage wired from a tuple of refs receives a tuple.
+        StageDefinition(
+            "c",
+            TupleInputStage(untyped, ("a", "b")),
+            inputs=["a", "b"],
+            input_type=tuple[int, list[int]],
+        ),
+        StageDefinition(
+            "d",
+            TupleInputStage(untyped, ("a", "b")),
+            inputs=["a", "b"],
+            input_type=tuple[list[int], int],
+        ),
     )
     found = [(i.stage_id, i.message) for i in mismatches(d)]
     assert [sid for sid, _ in found] == ["d", "d"]
