@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, final
 
+from pipeline._env import current_stage
 from pipeline.clock import current_clock
 from pipeline.context import PipelineContext
 from pipeline.errors import DefinitionError
 from pipeline.executor import PipelineExecutor
 from pipeline.result import StageResult, StageStatus
+from pipeline.runners import INLINE, THREADS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,11 +48,11 @@ class SubPipeline:
     cancel), the child run is cancelled with it, because the child runs inside this stage's
     call. A child run that was cancelled while the parent was not fails this stage.
 
-    Time: the child runs on `executor` when one is given (its `timeout_ms`, if any, then also
-    bounds the child run). Without `executor`, the child runs on a plain `PipelineExecutor`
-    using the clock of the parent run that calls this stage (`pipeline.clock.current_clock`),
-    so a `FakeClock` in a test drives the child's retry waits and timeouts too; outside any
-    run, real time. `timeout_ms` on this stage's `StageDefinition` bounds the child as seen
+    Time and flow control: the child runs on `executor` when one is given (its `timeout_ms`, if
+    any, then also bounds the child run). Without `executor`, the child runs on a plain
+    `PipelineExecutor` with the clock, runners, resources and middleware of the parent run that
+    calls this stage, so a `FakeClock` in a test drives the child's retry waits and timeouts
+    too, and the child's `uses=` share the parent's limits; outside any run, real time. `timeout_ms` on this stage's `StageDefinition` bounds the child as seen
     from the parent.
 
     Args:
@@ -114,7 +116,18 @@ class SubPipeline:
         child_context = self._child_context(context)
         executor = self.executor
         if executor is None:
-            executor = PipelineExecutor(clock=current_clock.get())
+            scope = current_stage.get()
+            if scope is None:
+                executor = PipelineExecutor(clock=current_clock.get())
+            else:  # the parent run's clock, runners, resources and middleware
+                env = scope[0]
+                extra = {k: v for k, v in env.runners.items() if k not in (INLINE, THREADS)}
+                executor = PipelineExecutor(
+                    clock=env.clock,
+                    runners=extra,
+                    resources=env.resources,
+                    middleware=env.middleware,
+                )
         child = await executor.execute(self.definition, input, child_context)
         metadata: dict[str, Any] = {CHILD_RESULT: child}
         if child.success:

@@ -222,3 +222,28 @@ async def test_one_resource_shared_by_two_executors_limits_both() -> None:
             tg.start_soon(second.execute, pipeline("two"))
     assert peak[1] == 1
     assert clock.now() == pytest.approx(2.0)
+
+
+@on_both_backends
+async def test_a_sub_pipeline_shares_the_parent_runs_resources() -> None:
+    """Without its own executor, a child run uses the parent's resources (and their limits)."""
+    from pipeline import SubPipeline
+
+    clock = FakeClock()
+    shared = Resource(max_in_flight=1)
+    child = PipelineDefinition(
+        "child",
+        [StageDefinition("work", ScriptedStage(Delay(1.0, then="c"), clock=clock), uses={"r": 1})],
+    )
+    parent = PipelineDefinition(
+        "parent",
+        [
+            StageDefinition("sub", SubPipeline(child)),
+            StageDefinition("own", ScriptedStage(Delay(1.0, then="p"), clock=clock), uses={"r": 1}),
+        ],
+    )
+    executor = PipelineExecutor(clock=clock, resources={"r": shared})
+    with anyio.fail_after(5):
+        result = await executor.execute(parent)
+    assert result.success, result.error
+    assert clock.now() == pytest.approx(2.0)  # one holder at a time across parent and child
