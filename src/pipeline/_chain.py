@@ -25,16 +25,17 @@ if TYPE_CHECKING:
 def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     """The attempt chain of `sdef` in the run `env` (outermost link first in the docstring).
 
-    An unobserved run's chain depends only on the stage and the executor's clock and runners,
+    An unobserved run's chain depends only on the stage and the executor's settings and clock,
     so it is kept on the definition and reused by the next run of the same executor: building
     it costs about 0.3 us a stage (benchmarks/overhead.py W1/W2).
     """
     observed = env.reporter.enabled
-    key = (env.runners, env.clock, env.middleware, env.resources, env.validate_outputs)
     if not observed:
         kept = sdef.__dict__.get(_KEPT)
-        if kept is not None and all(a is b for a, b in zip(kept[0], key, strict=True)):
-            chain: Handler = kept[1]
+        # The executor's settings (runners, resources, middleware, validate_outputs) are fixed
+        # at its construction, so its token and the clock say whether the kept chain fits.
+        if kept is not None and kept[0] is env.chain_key and kept[1] is env.clock:
+            chain: Handler = kept[2]
             return chain
     handler = execute_link(sdef, env)
     if env.validate_outputs:
@@ -47,7 +48,7 @@ def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
         handler = middleware_links(sdef, env, handler)
     if observed:
         return events_link(sdef, env, handler)
-    sdef.__dict__[_KEPT] = (key, handler)  # not a field: eq/hash ignore it
+    sdef.__dict__[_KEPT] = (env.chain_key, env.clock, handler)  # not a field: eq/hash ignore it
     return handler
 
 

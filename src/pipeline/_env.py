@@ -41,6 +41,8 @@ class RunEnv:
     tally: CacheTally | None = None
     middleware: tuple[Any, ...] = ()
     resources: Mapping[str, Resource] = field(default_factory=dict)
+    chain_key: object = None
+    """Identifies the executor's fixed settings, so a stage's attempt chain can be reused."""
     definition: PipelineDefinition | None = None
     """The definition being run (durable steps read their stage's `cache_version` from it)."""
     validate_outputs: bool = False

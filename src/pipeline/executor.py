@@ -25,7 +25,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from pipeline._cancel import raise_unless_stray
-from pipeline._context_run import InContext
+from pipeline._context_run import run_in_context
 from pipeline._dispatch import EventDispatcher, new_run_id
 from pipeline._env import RunEnv, current_stage
 from pipeline._flow import resource_issues
@@ -134,6 +134,7 @@ class PipelineExecutor:
             cache_serializer if cache_serializer is not None else JsonSerializer()
         )
         self.observers: tuple[Observer, ...] = tuple(observers)
+        self._chain_key = object()  # this executor's settings, for stages' kept attempt chains
         named: dict[str, Runner] = {INLINE: InlineRunner(), THREADS: ThreadRunner()}
         fix = "map names to runner objects with an async run(stage, input, context)"
         named.update(_named("runners", runners, "run", fix))
@@ -251,6 +252,7 @@ class PipelineExecutor:
             clock=self.clock,
             reporter=reporter,
             pipeline_name=pipeline.name,
+            chain_key=self._chain_key,
             definition=pipeline,
             runners=self.runners,
             resources=self.resources,
@@ -361,7 +363,7 @@ class PipelineExecutor:
                 stage_context = copy_context()
                 stage_context.run(current_stage.set, (env, sid))
                 try:
-                    outcome = await InContext(
+                    outcome = await run_in_context(
                         invoke_stage(sdef, value, ctx, env, cache), stage_context
                     )
                 except anyio.get_cancelled_exc_class() as exc:
