@@ -134,6 +134,7 @@ class RunReporter:
             attempts=outcome.attempts,
             cached=outcome.cached,
             error=result.error,
+            resource_wait_s=outcome.resource_wait_s,
         )
 
     def resource_waited(

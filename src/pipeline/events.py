@@ -139,6 +139,8 @@ class FanOutItemFinished(_StageEvent):
     """True when the item's output came from the cache."""
     error: str | None = None
     """Why the item failed or was cancelled."""
+    resource_wait_s: float = 0.0
+    """How long its (last) attempt waited for the stage's `uses=` resources."""
 
 
 class ResourceWaited(_StageEvent):

@@ -21,7 +21,7 @@ from pipeline import (
     StageResult,
     stage,
 )
-from pipeline.events import PipelineEvent, ResourceWaited
+from pipeline.events import FanOutItemFinished, PipelineEvent, ResourceWaited
 from pipeline.testing import Delay, FakeClock, ScriptedStage
 from tests.unit._support import on_both_backends
 
@@ -107,6 +107,8 @@ async def test_items_hold_the_resource_one_at_a_time_and_the_wait_is_not_the_tim
     assert clock.now() == pytest.approx(3.0)
     waits = sorted(e.wait_s for e in observer.events if isinstance(e, ResourceWaited))
     assert waits == pytest.approx([0.0, 1.0, 2.0])
+    items = sorted(e.resource_wait_s for e in observer.events if isinstance(e, FanOutItemFinished))
+    assert items == pytest.approx([0.0, 1.0, 2.0])  # each item reports its own wait
 
 
 @on_both_backends

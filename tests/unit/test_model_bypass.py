@@ -149,6 +149,7 @@ EVENT_FIELDS: dict[type[BaseModel], tuple[dict[str, Any], dict[str, Any]]] = {
             "attempts": 2,
             "cached": False,
             "error": "boom",
+            "resource_wait_s": 0.25,
         },
     ),
     StageFinished: (
