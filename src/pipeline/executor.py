@@ -25,7 +25,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from pipeline._cancel import raise_unless_stray
-from pipeline._context_run import run_in_context
+from pipeline._context_run import InContext
 from pipeline._dispatch import EventDispatcher, new_run_id
 from pipeline._env import RunEnv, current_stage
 from pipeline._flow import resource_issues
@@ -363,9 +363,15 @@ class PipelineExecutor:
                 stage_context = copy_context()
                 stage_context.run(current_stage.set, (env, sid))
                 try:
-                    outcome = await run_in_context(
-                        invoke_stage(sdef, value, ctx, env, cache), stage_context
-                    )
+                    # The first step runs at once in the stage's context; a stage that finishes
+                    # without waiting (a quick one) needs no wrapper (~0.5 us saved a stage).
+                    coro = invoke_stage(sdef, value, ctx, env, cache)
+                    try:
+                        first = stage_context.run(coro.send, None)
+                    except StopIteration as done:
+                        outcome = done.value
+                    else:
+                        outcome = await InContext(coro, stage_context, first)
                 except anyio.get_cancelled_exc_class() as exc:
                     # Stray cancellations inside the stage are its failure already; one from
                     # elsewhere (a cache store, an observer) must not pass for a clean stop.
