@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
 from pipeline._cancel import is_cancellation, must_propagate, raise_unless_stray
+from pipeline._env import run_reporter
 from pipeline._model import copy_with
 from pipeline._outcome import Outcome
 from pipeline._retry import will_retry
@@ -123,9 +124,10 @@ def timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
 
 def events_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
     """Outermost: `AttemptStarted` before, `AttemptFailed` (with `will_retry`) after a failure."""
-    sid, reporter, config = sdef.id, env.reporter, sdef.retry_config
+    sid, config = sdef.id, sdef.retry_config
 
     async def reported(call: AttemptCall) -> Outcome:
+        reporter = run_reporter(env)
         reporter.attempt_started(sid, call.item, call.attempt)
         outcome = await inner(call)
         result = outcome.result

@@ -25,18 +25,19 @@ if TYPE_CHECKING:
 def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     """The attempt chain of `sdef` in the run `env` (outermost link first in the docstring).
 
-    An unobserved run's chain depends only on the stage and the executor's settings and clock,
-    so it is kept on the definition and reused by the next run of the same executor: building
-    it costs about 0.3 us a stage (benchmarks/overhead.py W1/W2).
+    A chain depends only on the stage and the executor's settings and clock, so it is kept on
+    the definition and reused by the next run of the same executor: building it costs about
+    0.3 us a stage (1 us observed; benchmarks/overhead.py W1/W2 and the observer rows).
     """
     observed = env.reporter.enabled
-    if not observed:
-        kept = sdef.__dict__.get(_KEPT)
-        # The executor's settings (runners, resources, middleware, validate_outputs) are fixed
-        # at its construction, so its token and the clock say whether the kept chain fits.
-        if kept is not None and kept[0] is env.chain_key and kept[1] is env.clock:
-            chain: Handler = kept[2]
-            return chain
+    kept = sdef.__dict__.get(_KEPT)
+    # The executor's settings (runners, resources, middleware, validate_outputs, observers) are
+    # fixed at its construction, so its token and the clock say whether the kept chain fits;
+    # links read the run's reporter per call, so the chain outlives the run that built it.
+    key = env.chain_key  # None: an environment built by hand, whose chains are never kept
+    if kept is not None and key is not None and kept[0] is key and kept[1] is env.clock:
+        chain: Handler = kept[2]
+        return chain
     handler = execute_link(sdef, env)
     if env.validate_outputs:
         handler = output_check_link(sdef, env, handler)
@@ -47,8 +48,9 @@ def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     if env.middleware:
         handler = middleware_links(sdef, env, handler)
     if observed:
-        return events_link(sdef, env, handler)
-    sdef.__dict__[_KEPT] = (env.chain_key, env.clock, handler)  # not a field: eq/hash ignore it
+        handler = events_link(sdef, env, handler)
+    if key is not None:
+        sdef.__dict__[_KEPT] = (key, env.clock, handler)  # not a field: eq/hash ignore it
     return handler
 
 

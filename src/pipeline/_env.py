@@ -68,3 +68,13 @@ tasks inherit it, and `current_item` tells them apart)."""
 
 current_item: ContextVar[int | None] = ContextVar("pipeline_current_item", default=None)
 """The fan-out item the running code belongs to, or None."""
+
+
+def run_reporter(env: RunEnv) -> Reporter:
+    """The reporter of the run the calling code belongs to (`env`'s outside a run).
+
+    Links read it per call rather than keep it, so one built chain serves every run of its
+    executor, observed or not.
+    """
+    scope = current_stage.get()
+    return env.reporter if scope is None else scope[0].reporter

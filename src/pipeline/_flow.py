@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline._attempt import AttemptCall, failed, raise_if_not_a_failure
-from pipeline._env import current_item, current_stage
+from pipeline._env import current_item, current_stage, run_reporter
 from pipeline._model import copy_with
 from pipeline._outcome import Outcome
 from pipeline._validation import Scope, run_rules
@@ -98,7 +98,7 @@ def resources_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handle
     The wait goes on the outcome (`resource_wait_s`) and into a `ResourceWaited` event, and a
     failed attempt counts against each resource's circuit breaker.
     """
-    sid, clock, reporter = sdef.id, env.clock, env.reporter
+    sid, clock = sdef.id, env.clock
     held = [(name, env.resources[name], weight) for name, weight in sorted(sdef.uses.items())]
 
     async def with_resources(call: AttemptCall) -> Outcome:
@@ -112,6 +112,7 @@ def resources_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handle
                     )
                     leases.append(lease)
                     waited += lease.wait_s
+                    reporter = run_reporter(env)
                     if reporter.enabled:
                         reporter.resource_waited(
                             sid, call.item, call.attempt, name, weight, lease.wait_s

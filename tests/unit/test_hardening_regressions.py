@@ -233,3 +233,27 @@ def test_a_stage_definition_pickles_and_deep_copies_after_a_run() -> None:
     copied = copy.deepcopy(definition)
     assert "_pipeline_attempt_chain" not in copied.stages[0].__dict__
     assert PipelineExecutor(resources={"r": Resource(max_in_flight=2)}).run_sync(copied).success
+
+
+@on_both_backends
+async def test_a_kept_observed_chain_reports_to_each_run() -> None:
+    """The attempt chain is kept across runs; its events still go to the run that made them."""
+    from pipeline import Resource
+    from pipeline.events import AttemptStarted, PipelineEvent, ResourceWaited
+
+    events: list[PipelineEvent] = []
+
+    class Collect:
+        def on_event(self, event: PipelineEvent) -> None:
+            events.append(event)
+
+    definition = PipelineDefinition(
+        "kept", [StageDefinition("a", ScriptedStage(1, repeat_last=True), uses={"r": 1})]
+    )
+    executor = PipelineExecutor(observers=[Collect()], resources={"r": Resource(max_in_flight=1)})
+    with anyio.fail_after(5):
+        first = await executor.execute(definition)
+        second = await executor.execute(definition)
+    for kind in (AttemptStarted, ResourceWaited):
+        run_ids = [e.run_id for e in events if isinstance(e, kind)]
+        assert run_ids == [first.run_id, second.run_id]

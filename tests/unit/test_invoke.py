@@ -197,20 +197,26 @@ def test_chain_links_depend_on_observation_and_timeout() -> None:
     ]
 
 
-def test_an_unobserved_chain_is_kept_per_runners_and_clock() -> None:
-    """Built once per stage and reused by the next run with the same runners and clock."""
+def test_a_chain_is_kept_per_executor_and_clock() -> None:
+    """Built once per stage and reused by the next run of the same executor on the same clock.
+
+    An executor's settings are fixed at construction (its `chain_key`); links read the run's
+    reporter per call, so observed chains are kept too. A hand-built environment (no key) never
+    keeps one.
+    """
     clock = FakeClock()
     sdef = StageDefinition("s", ScriptedStage(1))
-    env = make_env(clock)
+    executor_token = object()
+    env = dataclasses.replace(make_env(clock), chain_key=executor_token)
     first = build_chain(sdef, env)
     same = dataclasses.replace(env, pipeline_name="other")
     assert build_chain(sdef, same) is first
-    other_clock = dataclasses.replace(env, clock=FakeClock())
-    other_runners = dataclasses.replace(env, runners=dict(env.runners))
-    assert build_chain(sdef, other_clock) is not first
-    assert build_chain(sdef, other_runners) is not first
-    observed = make_env(clock, EventLog())
-    assert build_chain(sdef, observed) is not build_chain(sdef, observed)
+    assert build_chain(sdef, dataclasses.replace(env, clock=FakeClock())) is not first
+    assert build_chain(sdef, dataclasses.replace(env, chain_key=object())) is not first
+    observed = dataclasses.replace(make_env(clock, EventLog()), chain_key=object())
+    assert build_chain(sdef, observed) is build_chain(sdef, observed)
+    by_hand = make_env(clock)
+    assert build_chain(sdef, by_hand) is not build_chain(sdef, by_hand)
 
 
 @on_both_backends
