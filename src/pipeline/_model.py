@@ -24,6 +24,11 @@ class FrozenModel(BaseModel):
 
 _new = object.__new__
 _setattr = object.__setattr__
+# BaseModel's own slots, set through their descriptors: no attribute lookup through the MRO
+# (four per record, four records per stage: about 0.3 us a stage on W1/W2).
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def fast_model(cls: type[ModelT], fields: dict[str, Any]) -> ModelT:
@@ -34,9 +39,9 @@ def fast_model(cls: type[ModelT], fields: dict[str, Any]) -> ModelT:
     """
     obj = _new(cls)
     _setattr(obj, "__dict__", fields)
-    _setattr(obj, "__pydantic_fields_set__", set(fields))
-    _setattr(obj, "__pydantic_extra__", None)
-    _setattr(obj, "__pydantic_private__", None)
+    _set_fields_set(obj, set(fields))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 

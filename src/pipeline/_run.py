@@ -136,7 +136,10 @@ class RunState:
         # Newly released stages go first, in order: the worker that released them runs the
         # first one next (a chain stays in one task, depth first, as the stage that finished
         # last is the freshest input), and helpers take the rest before older queued stages.
-        self.queue.extendleft(reversed(released))
+        if len(released) == 1:  # a chain: the common case, without the reversed() copy
+            self.queue.appendleft(released[0])
+        elif released:
+            self.queue.extendleft(reversed(released))
 
     def take(self) -> str | None:
         """The next queued stage for the calling worker; None when none is left or it stopped.
