@@ -80,9 +80,7 @@ async def attempts(
         t0 = clock.now()
         outcome = await chain(AttemptCall(sid, item, 1, value, context))
         if item is None:
-            error = None if outcome.result.success else outcome.result.error
-            wait = outcome.resource_wait_s
-            outcome.attempt_log = [AttemptRecord(1, 0.0, t0 + wait, clock.now(), error, wait)]
+            outcome.attempt_log = [_record(outcome, 1, 0.0, t0, clock.now())]
         return outcome
 
     log: list[AttemptRecord] | None = [] if item is None else None
@@ -92,9 +90,7 @@ async def attempts(
         t0 = clock.now()
         outcome = await chain(AttemptCall(sid, item, n, value, context))
         if log is not None:
-            error = None if outcome.result.success else outcome.result.error
-            wait = outcome.resource_wait_s  # waited before the attempt ran: not its duration
-            log.append(AttemptRecord(n, backoff, t0 + wait, clock.now(), error, wait))
+            log.append(_record(outcome, n, backoff, t0, clock.now()))
         return outcome
 
     def on_retry(next_attempt: int, delay_s: float) -> None:
@@ -106,6 +102,13 @@ async def attempts(
     outcome = await with_retry(attempt, config, clock, on_retry, jitter_key=key)
     outcome.attempt_log = log
     return outcome
+
+
+def _record(outcome: Outcome, n: int, backoff: float, t0: float, t1: float) -> AttemptRecord:
+    """Attempt `n`, called at `t0` and back at `t1`; its resource wait is not its duration."""
+    wait = outcome.resource_wait_s
+    error = None if outcome.result.success else outcome.result.error
+    return AttemptRecord(n, backoff, t0 + wait, t1, error, wait)
 
 
 async def invoke_one(
@@ -225,8 +228,6 @@ async def invoke_stage(
         clock = env.clock
         t0 = clock.now()
         outcome = await chain(AttemptCall(sid, None, 1, value, context))
-        error = None if outcome.result.success else outcome.result.error
-        wait = outcome.resource_wait_s
-        outcome.attempt_log = [AttemptRecord(1, 0.0, t0 + wait, clock.now(), error, wait)]
+        outcome.attempt_log = [_record(outcome, 1, 0.0, t0, clock.now())]
         return outcome
     return await invoke_one(sdef, chain, value, context, None, env, cache)

@@ -11,16 +11,14 @@ in `pipeline._run`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import inspect
 import json
 import logging
-import typing
 import weakref
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -34,16 +32,15 @@ from pipeline._outcome import Outcome
 from pipeline._retry import with_retry
 from pipeline._text import exception_text
 from pipeline.cache._key import (
-    INLINE_FINGERPRINT_NODES,
     KEY_SCHEMA,
     CacheKey,
-    OverBudgetError,
-    fingerprint,
 )
-from pipeline.cache._serialize import UncacheableOutputError, seal, unseal
+from pipeline.cache._serialize import UncacheableOutputError, return_type_of, seal, unseal
+from pipeline.cache._step import fingerprint_off_loop
 from pipeline.clock import SystemClock
 from pipeline.definition import RetryConfig
 from pipeline.errors import DefinitionError, ResourceError, UnfingerprintableError
+from pipeline.functions import _is_async_callable
 from pipeline.result import StageResult, StageStatus, StepRun
 
 if TYPE_CHECKING:
@@ -92,32 +89,10 @@ def step_output_type(fn: Callable[..., Any]) -> Any:
         return _return_types[fn]
     except Exception:  # noqa: BLE001  # not yet seen, unhashable or not weakly referenceable
         pass
-    found = _resolve_return(fn)
+    found = return_type_of(fn)
     with contextlib.suppress(Exception):  # as above: such a function is resolved on every call
         _return_types[fn] = found
     return found
-
-
-def _resolve_return(fn: Any) -> Any:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    target = fn if inspect.isroutine(fn) else getattr(fn, "__call__", fn)  # noqa: B004
-    try:
-        ret = typing.get_type_hints(target).get("return", Any)
-    except Exception:  # noqa: BLE001  # unresolvable annotations: plain JSON values
-        return Any
-    if ret is None or isinstance(ret, TypeVar):
-        return Any
-    return ret
-
-
-def _is_async(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004  # an object with `async def __call__`
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def _boxed(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any]:
@@ -130,7 +105,7 @@ async def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     An awaitable that a sync `fn` returns is then awaited on the event loop, so
     `lambda: client.get(url)` works too.
     """
-    if _is_async(fn):
+    if _is_async_callable(fn):
         return await fn(*args)
     # Boxed: trio refuses a thread function whose result is a coroutine.
     (value,) = await anyio.to_thread.run_sync(_boxed, fn, args)
@@ -340,10 +315,7 @@ class _Step:
     async def _key(self, args: tuple[Any, ...]) -> CacheKey | None:
         """The step's key, or None (counted as uncacheable, with a warning) without a fingerprint."""
         try:
-            try:
-                digest = fingerprint(args, budget=INLINE_FINGERPRINT_NODES)
-            except OverBudgetError:  # large arguments: hash them off the event loop
-                digest = await anyio.to_thread.run_sync(fingerprint, args)
+            digest = await fingerprint_off_loop(args)
         except Exception as exc:  # noqa: BLE001  # any fingerprint error: run uncached
             self._tally("uncacheable")
             if isinstance(exc, UnfingerprintableError):  # its path names the argument: args[i]

@@ -122,7 +122,15 @@ def input_type(sdef: StageDefinition) -> Any:
     declared = sdef.input_type
     if declared is not None:
         return _strip(declared)
-    return _per_code(sdef.stage, _inputs, _resolve_input)
+    return stage_input_type(sdef.stage)
+
+
+def stage_input_type(stage: object) -> Any:
+    """The input annotation of a stage object (`execute`'s, a base's or a `@stage` function's).
+
+    Read once per class or function; `Any` when there is none or it cannot be resolved.
+    """
+    return _per_code(stage, _inputs, _resolve_input)
 
 
 def _resolve_input(stage: object) -> Any:

@@ -23,6 +23,7 @@ from typing import (
     overload,
 )
 
+from pipeline._types import stage_input_type
 from pipeline.definition import (
     Condition,
     ExecutionPattern,
@@ -548,19 +549,8 @@ def _single_element_type(stage: object, declared: Any) -> Any:
     is needed: validation reads the stage's `tuple[...]` (through `__wrapped_stage__`)
     position by position, in the order of `inputs`.
     """
-    tp = declared if declared is not None else _input_annotation(stage)
+    tp = declared if declared is not None else stage_input_type(stage)
     args = typing.get_args(tp)
     if typing.get_origin(tp) is tuple and (len(args) == 1 or args[1:] == (Ellipsis,)):
         return Any if isinstance(args[0], TypeVar) else args[0]
     return Any
-
-
-def _input_annotation(stage: object) -> Any:
-    """The annotation of the stage's input parameter (`Any` when unknown or unresolvable)."""
-    target = stage.fn if isinstance(stage, FunctionStage) else getattr(stage, "execute", None)
-    try:
-        parameters = iter(inspect.signature(target, eval_str=True).parameters.values())  # type: ignore[arg-type]  # None raises, and means "unknown"
-        annotation = next(parameters).annotation
-    except Exception:  # noqa: BLE001  # unresolvable or unusual: the edge is not checked
-        return Any
-    return Any if annotation is inspect.Parameter.empty else annotation

@@ -173,11 +173,16 @@ def output_type_of(stage: object, declared: Any = None) -> Any:
 def _resolve(stage: object) -> Any:
     """`output_type_of` of an unwrapped stage, without the memo."""
     if isinstance(stage, FunctionStage):
-        return _function_output_type(stage.fn)
+        return return_type_of(stage.fn)
     return _annotation_of(type(stage))
 
 
-def _function_output_type(fn: Any) -> Any:
+def return_type_of(fn: Any) -> Any:
+    """What calling `fn` gives: its return annotation (`StageResult[T]` gives `T`), else `Any`.
+
+    Partials resolve as the function they wrap and callable objects by their `__call__`; a
+    missing, unresolvable or generic (`TypeVar`) annotation gives `typing.Any`.
+    """
     while isinstance(fn, functools.partial):
         fn = fn.func
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004

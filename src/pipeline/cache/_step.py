@@ -124,10 +124,7 @@ class StageCache:
             self._note(self.warnings, item, self._disabled)
             return False, None, None
         try:
-            try:
-                digest = fingerprint(value, budget=INLINE_FINGERPRINT_NODES)
-            except OverBudgetError:  # a large input: hash it off the event loop
-                digest = await anyio.to_thread.run_sync(fingerprint, value)
+            digest = await fingerprint_off_loop(value)
         except UnfingerprintableError as exc:
             self.tally.uncacheable += 1
             self._note(self.warnings, item, f"not cached: {exc}")
@@ -178,3 +175,15 @@ class StageCache:
             self._note(self.errors, item, f"write failed: {exception_text(exc)}")
             return
         self.tally.writes += 1
+
+
+async def fingerprint_off_loop(value: Any) -> str:
+    """`fingerprint(value)`, moved to a worker thread past `INLINE_FINGERPRINT_NODES` values.
+
+    Raises:
+        UnfingerprintableError: `value` has no stable fingerprint.
+    """
+    try:
+        return fingerprint(value, budget=INLINE_FINGERPRINT_NODES)
+    except OverBudgetError:  # a large value: hash it off the event loop
+        return await anyio.to_thread.run_sync(fingerprint, value)
