@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline._attempt import AttemptCall, failed, raise_if_not_a_failure
-from pipeline._env import current_item, current_stage, run_reporter
+from pipeline._env import current_item, current_stage
 from pipeline._model import copy_with
 from pipeline._outcome import Outcome
 from pipeline._validation import Scope, run_rules
@@ -98,25 +98,19 @@ def resources_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handle
     The wait goes on the outcome (`resource_wait_s`) and into a `ResourceWaited` event, and a
     failed attempt counts against each resource's circuit breaker.
     """
-    sid, clock = sdef.id, env.clock
-    held = [(name, env.resources[name], weight) for name, weight in sorted(sdef.uses.items())]
+    sid = sdef.id
+    held = sorted(sdef.uses.items())
 
     async def with_resources(call: AttemptCall) -> Outcome:
         waited = 0.0
         async with AsyncExitStack() as stack:
             leases: list[Lease] = []
             try:
-                for name, resource, weight in held:
-                    lease = await stack.enter_async_context(
-                        resource.acquire(weight, clock=clock, name=name)
-                    )
+                for name, weight in held:
+                    held_one = acquire_in_run(name, weight, attempt=call.attempt)
+                    lease = await stack.enter_async_context(held_one)
                     leases.append(lease)
                     waited += lease.wait_s
-                    reporter = run_reporter(env)
-                    if reporter.enabled:
-                        reporter.resource_waited(
-                            sid, call.item, call.attempt, name, weight, lease.wait_s
-                        )
             except CircuitOpenError as exc:
                 named = CircuitOpenError(exc.resource, sid, call.attempt, retry_in_s=exc.retry_in_s)
                 outcome = failed(sid, named, call.attempt)
@@ -133,7 +127,11 @@ def resources_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handle
 
 @asynccontextmanager
 async def acquire_in_run(name: str, weight: int = 1, *, attempt: int = 0) -> AsyncIterator[Lease]:
-    """`context.acquire(name)`: hold the run's resource `name` around the `async with` body."""
+    """Hold the run's resource `name` around the `async with` body, emitting `ResourceWaited`.
+
+    `context.acquire(name)`, a step's `uses=` and a stage's `uses=` (the resources link) all
+    acquire through here.
+    """
     scope = current_stage.get()
     if scope is None:
         raise ResourceError(
@@ -149,10 +147,9 @@ async def acquire_in_run(name: str, weight: int = 1, *, attempt: int = 0) -> Asy
             "pass it as PipelineExecutor(resources={name: Resource(...)})",
         )  # fmt: skip
     async with resource.acquire(weight, clock=env.clock, name=name) as lease:
-        if env.reporter.enabled:
-            env.reporter.resource_waited(
-                sid, current_item.get(), attempt, name, weight, lease.wait_s
-            )
+        reporter = env.reporter
+        if reporter.enabled:
+            reporter.resource_waited(sid, current_item.get(), attempt, name, weight, lease.wait_s)
         yield lease
 
 
