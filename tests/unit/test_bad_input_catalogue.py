@@ -26,7 +26,7 @@ from pipeline import (
 )
 from pipeline.cache import MemoryCache
 from pipeline.errors import DefinitionError, PipelineValidationError
-from pipeline.testing import FakeClock
+from pipeline.testing import FakeClock, ScriptedStage
 from tests.unit._catalogue_support import (
     RUN_LIMIT_S,
     STATUS_LISTS,
@@ -481,3 +481,58 @@ def test_control_a_plain_success_is_cached(backend: str) -> None:
         assert await store.count("s") == 1
 
     anyio.run(run, backend=backend)
+
+
+# -- testing helpers and the CLI -------------------------------------------------------------------
+
+
+class _Plain:
+    """A stage returning a bare value instead of a StageResult."""
+
+    name = "plain"
+
+    async def execute(self, input: Any, context: Any) -> Any:
+        return 42
+
+
+async def test_testing_helpers_refuse_misuse_naming_what_and_how() -> None:
+    import math
+
+    from pipeline import PipelineContext, StageOutputError
+    from pipeline.testing import run_stage
+
+    with pytest.raises(TypeError, match="run_stage: pass either context= or state"):
+        await run_stage(ScriptedStage(1), None, context=PipelineContext(), state={"k": 1})
+    with pytest.raises(StageOutputError, match="stage 'plain' returned int, expected StageResult"):
+        await run_stage(_Plain(), None)
+    clock = FakeClock()
+    with pytest.raises(RuntimeError, match="async with"):
+        await clock.sleep(1.0)  # not entered: nothing would move its time
+    async with clock:
+        with pytest.raises(ValueError, match=r"FakeClock\.sleep\(nan\)"):
+            await clock.sleep(math.nan)
+    exhausted = ScriptedStage(1, name="once")
+    await run_stage(exhausted, None)
+    with pytest.raises(AssertionError, match="once"):
+        await run_stage(exhausted, None)  # its script has run out
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        pytest.param(["validate", "no_colon"], "no_colon", id="reference-without-colon"),
+        pytest.param(["validate", "no_such_module_x:P"], "no_such_module_x", id="missing-module"),
+        pytest.param(["graph", "json:NOPE"], "json:NOPE", id="missing-attribute"),
+        pytest.param(["run", "json:loads", "--input", "{bad"], "json:loads", id="not-a-pipeline"),
+    ],
+)
+def test_cli_misuse_is_one_line_and_exit_2(
+    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert names in err
+    assert "Traceback" not in err
