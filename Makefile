@@ -56,8 +56,11 @@ test-floors: $(FLOORS_STAMP)
 	$(FLOORS_BIN)/python .ci/floors.py --check
 	$(FLOORS_BIN)/python -m pytest -q
 
+# Per-stage and per-item overhead; then build + validate + type-check costs of 1,000 typed stages
+# (SPEC 10). Cache, flow-control, resource and soak figures have scripts of their own.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/typecheck.py
 
 clean:
 	rm -rf $(VENV) $(FLOORS_VENV) .mypy_cache .pytest_cache .ruff_cache
