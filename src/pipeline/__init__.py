@@ -12,6 +12,7 @@ from pipeline.definition import ExecutionPattern, PipelineDefinition, RetryConfi
 from pipeline.errors import (
     CacheError,
     CircuitOpenError,
+    ConfigError,
     DefinitionError,
     LoadError,
     OverBudgetError,
@@ -55,6 +56,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
+    "ConfigError",
     "DefinitionError",
     "ExecutionPattern",
     "ExecutionPlan",

@@ -47,6 +47,9 @@ class RunEnv:
     """The definition being run (durable steps read their stage's `cache_version` from it)."""
     validate_outputs: bool = False
     """Check each output against its declared type (`PipelineExecutor(validate_outputs=True)`)."""
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    """The outputs of the stages that succeeded so far (the run state's dict, read-only here;
+    conditions that ask for them read it: `CONDITION_ARGS_ATTR`)."""
     steps: dict[str, list[StepRun]] = field(default_factory=dict)
     """Durable steps (`context.step`) each stage made, in the order they ended (mutable: the
     one per-run log in this otherwise fixed value; they go on the stages' run records)."""
@@ -59,6 +62,11 @@ class RunEnv:
         assert self.tally is not None
         return StageCache(sdef, self.store, self.serializer, self.tally, self.pipeline_name)
 
+
+CONDITION_ARGS_ATTR = "__pipeline_condition_args__"
+"""A condition with this attribute set to True is called as `condition(context, input,
+outputs)` (its stage's input and the outputs of the stages that succeeded so far, read-only)
+rather than `condition(context)`; declarative `when:` expressions use it."""
 
 current_stage: ContextVar[tuple[RunEnv, str] | None] = ContextVar(
     "pipeline_current_stage", default=None

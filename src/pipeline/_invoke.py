@@ -11,13 +11,14 @@ mechanics are `pipeline._retry`; scheduling, fail-fast and run records are `pipe
 from __future__ import annotations
 
 import inspect
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from pipeline._attempt import AttemptCall, failed, raise_if_not_a_failure
 from pipeline._chain import build_chain
-from pipeline._env import current_item
+from pipeline._env import CONDITION_ARGS_ATTR, current_item
 from pipeline._outcome import AttemptRecord, Outcome
 from pipeline._retry import with_retry
 from pipeline._text import exception_text
@@ -187,11 +188,21 @@ async def fan_out(
     return Outcome(result, max_attempts, None, count, cached=count > 0 and cached == count)
 
 
-async def condition_holds(sdef: StageDefinition, context: PipelineContext[Any]) -> bool:
+async def condition_holds(
+    sdef: StageDefinition,
+    context: PipelineContext[Any],
+    value: Any = None,
+    env: RunEnv | None = None,
+) -> bool:
     """Evaluate the stage's condition (sync or async); True when there is none."""
-    if sdef.condition is None:
+    condition: Any = sdef.condition
+    if condition is None:
         return True
-    verdict = sdef.condition(context)
+    if getattr(condition, CONDITION_ARGS_ATTR, False) is True:
+        outputs = MappingProxyType(dict(env.outputs)) if env is not None else MappingProxyType({})
+        verdict = condition(context, value, outputs)
+    else:
+        verdict = condition(context)
     if inspect.isawaitable(verdict):
         verdict = await verdict
     return bool(verdict)
@@ -208,7 +219,7 @@ async def invoke_stage(
     sid = sdef.id
     if sdef.condition is not None:
         try:
-            run = await condition_holds(sdef, context)
+            run = await condition_holds(sdef, context, value, env)
         except Exception as exc:  # noqa: BLE001  # a raising condition fails its stage, by contract
             message = f"condition of stage {sid!r} raised {exception_text(exc)}"
             return failed(sid, exc, 0, message)

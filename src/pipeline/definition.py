@@ -310,6 +310,10 @@ class StageDefinition:
         uses: Resources of the executor (`PipelineExecutor(resources=...)`) each attempt holds,
             as `{name: weight}`: acquired before the attempt (each fan-out item's), released
             after it; the wait is not part of `timeout_ms`.
+        batch_size: FAN_OUT only: send this many items to the runner at a time (one call of
+            the runner per batch); retries, timeouts, cache and events stay per item. None: 1.
+        buffer: FAN_OUT over a streaming producer only: how many produced items may wait for
+            a free slot (backpressure beyond it). None: `max_concurrent_fan_out`.
     """
 
     id: str
@@ -330,6 +334,8 @@ class StageDefinition:
     cache_code_fingerprint: bool = False
     runner: str | None = None
     uses: Mapping[str, int] = field(default_factory=dict, hash=False)
+    batch_size: int | None = None
+    buffer: int | None = None
 
     def __post_init__(self) -> None:
         inputs: object = self.inputs
@@ -358,6 +364,11 @@ class StageDefinition:
             and (f.runner is None or (type(f.runner) is str and f.runner.strip()))
             and (type(f.cache_version) is str or _is_int(f.cache_version))
             and (not f.uses or _valid_uses(f.uses))
+            and (f.batch_size is None or (_is_int(f.batch_size) and f.batch_size >= 1))
+            and (f.buffer is None or (_is_int(f.buffer) and f.buffer >= 1))
+            and (
+                (f.batch_size is None and f.buffer is None) or f.pattern is ExecutionPattern.FAN_OUT
+            )
         ):
             if f.uses:  # a copy: the caller's dict may change, this stage must not
                 object.__setattr__(self, "uses", dict(f.uses))
@@ -442,6 +453,17 @@ class StageDefinition:
             own, "cache_version", f"is {version!r} ({type(version).__name__})",
             'use a str or an int, e.g. cache_version="2"',
         )  # fmt: skip
+        for name in ("batch_size", "buffer"):
+            size: object = getattr(self, name)
+            _require(
+                size is None or (_is_int(size) and size >= 1),
+                own, name, f"is {size!r}", "use an int >= 1, or None for the default",
+            )  # fmt: skip
+            _require(
+                size is None or self.pattern is ExecutionPattern.FAN_OUT,
+                own, name, f"is set on a {self.pattern.name} stage",
+                "use it on FAN_OUT stages only (it counts list items), or remove it",
+            )  # fmt: skip
 
 
 @final

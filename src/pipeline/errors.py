@@ -14,6 +14,7 @@
     ├── UncacheableOutputError   JsonSerializer.dumps(): an output would not restore equal
     ├── ResourceError            context.acquire()/step(uses=) outside a run or of an unknown resource
     ├── LoadError                a `module:attr` reference cannot be loaded
+    ├── ConfigError              pipeline.config.load(): a pipeline file is wrong (source:line:col)
     └── UsageError               `python -m pipeline`: a bad argument (exit code 2)
 
 Stage failures never escape `PipelineExecutor.execute`; they are captured in the result, and
@@ -44,6 +45,7 @@ IssueCode = Literal[
     "unknown_resource",
     "resource_weight",
     "type_mismatch",
+    "unpicklable",
 ]
 """The closed vocabulary of validation problems."""
 
@@ -240,6 +242,52 @@ class LoadError(PipelineError):
         self.fix = fix
         shown = reference if reference.isprintable() else repr(reference)
         super().__init__(f"{problem} ({shown}): {detail}; {fix}")
+
+
+class ConfigError(PipelineError):
+    """A declarative pipeline file (YAML, TOML or JSON) is wrong; nothing of it was loaded.
+
+    Raised by `pipeline.config.load`. The message is one line,
+    `source:line:column: problem; fix` (line and column are 1-based and left out where the
+    parser cannot tell them), and the parts are attributes for tools that show them.
+
+    Attributes:
+        source: The file's path, or `"<text>"` for a document passed as a string.
+        line: 1-based line of the offending key or value, or None when unknown.
+        column: 1-based column, or None when unknown.
+        problem: What is wrong.
+        fix: What to change.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        problem: str,
+        fix: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.column = column
+        self.problem = problem
+        self.fix = fix
+        where = source
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        super().__init__(f"{where}: {problem}; {fix}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_config_error, (self.source, self.problem, self.fix, self.line, self.column))
+
+
+def _config_error(
+    source: str, problem: str, fix: str, line: int | None, column: int | None
+) -> ConfigError:
+    return ConfigError(source, problem, fix, line=line, column=column)
 
 
 class UsageError(PipelineError):

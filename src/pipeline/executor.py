@@ -248,6 +248,7 @@ class PipelineExecutor:
             reporter.run_started(pipeline.name, None, self.scheduling)
             reporter.run_finished(result)
             return result
+        outputs: dict[str, Any] = {}
         env = RunEnv(
             clock=self.clock,
             reporter=reporter,
@@ -261,6 +262,7 @@ class PipelineExecutor:
             store=self.cache,
             serializer=self.cache_serializer,
             tally=None if self.cache is None else CacheTally(),
+            outputs=outputs,
         )
         remove_listener: Callable[[], None] | None = None
         run: RunState | None = None
@@ -273,6 +275,7 @@ class PipelineExecutor:
                     env=env,
                     eager=self.scheduling == "eager",
                     initial_input=initial_input,
+                    outputs=outputs,
                     started=started,
                     tg=tg,
                     task=self._worker,
