@@ -5,11 +5,13 @@
     python -m pipeline run TARGET [--input JSON] [--context MODULE:FACTORY] [--cache PATH]
                               [--scheduling waves|eager] [--no-progress]
     python -m pipeline schema
+    python -m pipeline cache gc STORE --artifacts DIR_OR_URL [--namespace NAME] [--grace SECONDS]
 
 TARGET is `MODULE:ATTR` (a `PipelineDefinition` or a zero-argument function making one) or a
 pipeline file ending in .yaml, .yml, .toml or .json (`pipeline.config.load`). `--context`
 names a zero-argument function making the run's `PipelineContext`; if it returns anything
-else, that value becomes the context's `deps`. `schema` prints the file format's JSON Schema.
+else, that value becomes the context's `deps`. `schema` prints the file format's JSON Schema. `--cache` is a SQLite file or a `redis://`
+URL; `cache gc` removes the artifacts no entry of that store refers to (and stale temp files).
 
 Exit codes: 0 success, 1 an invalid definition or a failed run, 2 bad arguments, a
 `MODULE:ATTR` that cannot be loaded or a config file with an error (one line on stderr naming
@@ -90,7 +92,11 @@ def _add_run(sub: Any) -> None:
         help="a zero-argument function making the run's PipelineContext (any other return "
         "value becomes the context's deps)",
     )
-    run.add_argument("--cache", metavar="PATH", help="a SQLite cache file (created if missing)")
+    run.add_argument(
+        "--cache",
+        metavar="PATH|URL",
+        help="a SQLite cache file (created if missing) or a redis:// URL (RedisCache)",
+    )
     run.add_argument("--scheduling", choices=("waves", "eager"), default="waves")
     run.add_argument(
         "--no-progress", action="store_true", help="no live display even on a terminal"
@@ -103,7 +109,38 @@ def _add_schema(sub: Any) -> None:
     schema.set_defaults(handler=lambda args: _schema())
 
 
-_COMMANDS = (_add_validate, _add_graph, _add_run, _add_schema)
+def _add_cache(sub: Any) -> None:
+    cache = sub.add_parser("cache", help="maintain a cache store")
+    inner = cache.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    gc = inner.add_parser("gc", help="remove artifacts no entry refers to, and stale temp files")
+    gc.add_argument("store", help="a SQLite cache file or a redis:// URL")
+    gc.add_argument("--artifacts", required=True, help="the artifact directory or fsspec URL")
+    gc.add_argument("--namespace", default="pipeline", help="the RedisCache namespace")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep temp files younger than this (a write may still be under way)",
+    )
+    gc.set_defaults(handler=_cache_gc)
+
+
+def _cache_gc(args: argparse.Namespace) -> int:
+    from pipeline.cache import CacheError, describe_gc, run_cache_gc
+
+    try:
+        report = run_cache_gc(
+            args.store, artifacts=args.artifacts, namespace=args.namespace, grace_s=args.grace
+        )
+    except (CacheError, ImportError) as exc:
+        _echo(f"pipeline cache gc: {exc}", err=True)
+        return EXIT_FAILED
+    _echo(describe_gc(report))
+    return EXIT_OK
+
+
+_COMMANDS = (_add_validate, _add_graph, _add_run, _add_schema, _add_cache)
 """Each adds one subcommand; a new subcommand is one more function here."""
 
 
@@ -300,9 +337,14 @@ def _run(
         if cache_path is None:
             executor = PipelineExecutor(scheduling=policy, observers=observers)
             return await executor.execute(definition, initial, context)
-        from pipeline.cache import SQLiteCache
+        from pipeline.cache import RedisCache, SQLiteCache
 
-        async with SQLiteCache(cache_path) as cache:
+        store: SQLiteCache | RedisCache
+        if cache_path.startswith(("redis://", "rediss://", "unix://")):
+            store = RedisCache(cache_path)
+        else:
+            store = SQLiteCache(cache_path)
+        async with store as cache:
             executor = PipelineExecutor(scheduling=policy, observers=observers, cache=cache)
             return await executor.execute(definition, initial, context)
 
