@@ -25,7 +25,7 @@ from pipeline._retry import will_retry
 from pipeline._text import exception_text
 from pipeline.errors import StageOutputError, StageTimeoutError
 from pipeline.result import UNKNOWN_STAGE, StageResult
-from pipeline.runners import INLINE, default_runner_name
+from pipeline.runners._base import INLINE, REMOTE_STOPPED, default_runner_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -77,6 +77,10 @@ def execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
     # Inline is the common case: call `execute` directly rather than through the runner's
     # extra coroutine frame (about 0.4 us per attempt).
     run_inline = name == INLINE
+    # A runner that sends work to another process (`RemoteRunner`) gives its own way to call.
+    remote = None if run_inline else getattr(runner, "attempt_caller", None)
+    if remote is not None:
+        return _remote_execute_link(sdef, remote(sdef))
 
     async def execute(call: AttemptCall) -> Outcome:
         returned: object
@@ -100,6 +104,35 @@ def execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
     return execute
 
 
+def _remote_execute_link(
+    sdef: StageDefinition, remote: Callable[[AttemptCall], Awaitable[object]]
+) -> Handler:
+    """`execute_link` for a runner in another process: the outcome says if its work stopped."""
+    sid = sdef.id
+
+    async def execute_remote(call: AttemptCall) -> Outcome:
+        returned: object
+        try:
+            returned = await remote(call)
+        except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
+            outcome = failed(sid, exc, call.attempt)
+        except BaseException as exc:  # noqa: BLE001  # re-raised unless it is the stage's failure
+            await raise_if_not_a_failure(exc)
+            outcome = failed(sid, exc, call.attempt)
+        else:
+            if not isinstance(returned, StageResult):
+                out_exc = StageOutputError(sid, call.attempt, returned)
+                outcome = failed(sid, out_exc, call.attempt, str(out_exc))
+            else:
+                if call.item is None and returned.stage_name == UNKNOWN_STAGE:
+                    returned = copy_with(returned, stage_name=sid)
+                outcome = Outcome(returned, call.attempt)
+        outcome.remote_stopped = REMOTE_STOPPED.get()
+        return outcome
+
+    return execute_remote
+
+
 def timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
     """Bounds the attempt by `timeout_ms` on the run's clock."""
     sid, clock = sdef.id, env.clock
@@ -116,7 +149,10 @@ def timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
         # result is a timeout all the same (and so never cached).
         if outcome is None or scope.cancelled_caught or clock.now() - t0 > limit_s:
             exc = StageTimeoutError(sid, call.attempt, timeout_ms, call.item)
-            return failed(sid, exc, call.attempt, str(exc))
+            timed_out = failed(sid, exc, call.attempt, str(exc))
+            # Work in another process that was given up on says whether it stopped.
+            timed_out.remote_stopped = REMOTE_STOPPED.get()
+            return timed_out
         return outcome
 
     return with_timeout

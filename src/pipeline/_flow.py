@@ -84,6 +84,7 @@ def _middleware_link(sid: str, middleware: Middleware, inner: Handler) -> Handle
             # A middleware that rewrote the chain's failure (added metadata, say) keeps its
             # exception: retry by type and Retry-After still see what the stage raised.
             outcome.resource_wait_s = last[-1].resource_wait_s
+            outcome.remote_stopped = last[-1].remote_stopped  # work in another process
             if not returned.success:
                 failures = [o.exception for o in last if o.exception is not None]
                 outcome.exception = failures[-1] if failures else None

@@ -24,6 +24,8 @@ from pipeline._retry import with_retry
 from pipeline._text import exception_text
 from pipeline.definition import ExecutionPattern
 from pipeline.result import StageResult, StageStatus
+from pipeline.runners._base import REMOTE_TRACEBACK_ATTR
+from pipeline.runners._batch import direct_batches, start_batching
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -109,7 +111,12 @@ def _record(outcome: Outcome, n: int, backoff: float, t0: float, t1: float) -> A
     """Attempt `n`, called at `t0` and back at `t1`; its resource wait is not its duration."""
     wait = outcome.resource_wait_s
     error = None if outcome.result.success else outcome.result.error
-    return AttemptRecord(n, backoff, t0 + wait, t1, error, wait)
+    stopped = outcome.remote_stopped
+    if stopped is None:  # local work: no remote facts
+        return AttemptRecord(n, backoff, t0 + wait, t1, error, wait)
+    exc = outcome.exception
+    remote_tb = None if exc is None else getattr(exc, REMOTE_TRACEBACK_ATTR, None)
+    return AttemptRecord(n, backoff, t0 + wait, t1, error, wait, stopped, remote_tb)
 
 
 async def invoke_one(
@@ -148,6 +155,8 @@ async def fan_out(
     if not isinstance(items, list | tuple):
         error = f"FAN_OUT requires list input, got {type(items).__name__}"
         return Outcome(StageResult.failure(error, stage_name=sid), attempts=0)
+    if sdef.batch_size is not None and (direct := direct_batches(sdef, env, cache)) is not None:
+        return await direct(items, context)  # batches with nothing per item: no item tasks
     count = len(items)
     outputs: list[Any] = [None] * count
     failures: dict[int, Outcome] = {}
@@ -172,6 +181,8 @@ async def fan_out(
                 outputs[i] = outcome.result.output
 
         cap = sdef.max_concurrent_fan_out or count
+        if sdef.batch_size is not None and sdef.batch_size > 1:  # runner calls of n items
+            cap = start_batching(sdef, env, tg, context, cap)
         for _ in range(min(cap, count)):
             tg.start_soon(worker)
 

@@ -25,6 +25,10 @@ class AttemptRecord:
     ended: float
     error: str | None
     resource_wait_s: float = 0.0
+    remote_stopped: bool | None = None
+    """For work sent to another process: whether it is known to have stopped (None: local)."""
+    remote_traceback: str | None = None
+    """The traceback text of a failure raised in another process."""
 
 
 @dataclass(slots=True)
@@ -41,6 +45,8 @@ class Outcome:
     """Time this attempt waited for its resources (set by the resources link)."""
     retry_decision: bool | None = None
     """Whether this failure may be retried, once decided (`pipeline._retry.retryable`)."""
+    remote_stopped: bool | None = None
+    """For work sent to another process: whether it is known to have stopped (None: local)."""
 
     @property
     def exception_type(self) -> str | None:

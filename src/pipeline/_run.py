@@ -352,5 +352,7 @@ def _attempt_run(a: AttemptRecord, base: float) -> AttemptRun:
             "duration_ms": (a.ended - a.started) * 1000,
             "error": a.error,
             "resource_wait_ms": a.resource_wait_s * 1000,
+            "remote_stopped": a.remote_stopped,
+            "remote_traceback": a.remote_traceback,
         },
     )

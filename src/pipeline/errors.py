@@ -13,6 +13,9 @@
     ├── OverBudgetError          pipeline.cache.fingerprint(budget=...): more values than allowed
     ├── UncacheableOutputError   JsonSerializer.dumps(): an output would not restore equal
     ├── ResourceError            context.acquire()/step(uses=) outside a run or of an unknown resource
+    ├── UnpicklableError         a stage's input, output or context cannot be pickled for a process runner
+    ├── RemoteError              stands in for a remote exception that could not be pickled back
+    ├── RunnerError              a runner was used while closed, or could not start
     ├── LoadError                a `module:attr` reference cannot be loaded
     ├── ConfigError              pipeline.config.load(): a pipeline file is wrong (source:line:col)
     └── UsageError               `python -m pipeline`: a bad argument (exit code 2)
@@ -294,4 +297,58 @@ class UsageError(PipelineError):
     """A bad command-line argument: `python -m pipeline` prints it on one line and exits 2.
 
     Raised by `pipeline.cli`'s argument parsing and by `pipeline.cli.load_definition`.
+    """
+
+
+class UnpicklableError(PipelineError, TypeError):
+    """A value sent to or returned from another process cannot be pickled.
+
+    Raised (and captured as the stage's failure) by the runners that pickle,
+    `pipeline.runners.ProcessRunner` and `pipeline.runners.dask.DaskRunner`, for a stage's
+    input, output or context snapshot; a stage object that cannot be pickled is reported by
+    validation (issue code `unpicklable`) before the run instead.
+    """
+
+    def __init__(self, stage_id: str, what: str, reason: str) -> None:
+        self.stage_id = stage_id
+        self.what = what
+        self.reason = reason
+        super().__init__(
+            f"stage {stage_id!r}: {what} cannot be pickled for another process: {reason}; "
+            "send plain data (or run the stage on 'threads')"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stage_id, self.what, self.reason))
+
+
+class RemoteError(PipelineError):
+    """Stands in for an exception raised in another process that could not be pickled back.
+
+    Raised by the runners that pickle (`ProcessRunner`, `DaskRunner`) into the executor, which
+    records it as the stage's failure. The runner raises an instance of a subclass named after
+    the original type, so the failure still reads `"OriginalType: message"`.
+
+    Attributes:
+        type_name: The class name of the original exception.
+        text: Its message (`str(exc)`).
+        remote_traceback: The traceback text formatted in the worker.
+    """
+
+    def __init__(self, type_name: str, text: str, remote_traceback: str) -> None:
+        self.type_name = type_name
+        self.text = text
+        self.remote_traceback = remote_traceback
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RemoteError, (self.type_name, self.text, self.remote_traceback))
+
+
+class RunnerError(PipelineError):
+    """A runner cannot take work: it is not open, or starting it failed.
+
+    Raised by `ProcessRunner.run` / `DaskRunner.run` when called outside `async with runner:`
+    (the executor enters the runners its stages use for each run, so this only happens when a
+    runner is called by hand) and by `DaskRunner` when it cannot reach its scheduler.
     """

@@ -46,6 +46,7 @@ from pipeline.result import (
 )
 from pipeline.runners import INLINE, THREADS, InlineRunner, ThreadRunner
 from pipeline.runners._rules import runner_issues
+from pipeline.runners._session import openable, runners_open, used_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -90,6 +91,8 @@ class PipelineExecutor:
             With none, no event is even built.
         runners: More `pipeline.runners.Runner`s by name, for `StageDefinition(runner=...)`.
             `"inline"` (the event loop) and `"threads"` (worker threads) are always there.
+            One that is an async context manager (`ProcessRunner`, `DaskRunner`) is entered
+            for each run whose stages use it; enter it yourself to keep it open across runs.
         resources: Shared `Resource`s by name (concurrency and rate limits, circuit breakers)
             for `StageDefinition(uses=...)` and `context.acquire(name)`; one `Resource` may be
             shared by several executors and concurrent runs.
@@ -140,6 +143,7 @@ class PipelineExecutor:
         named.update(_named("runners", runners, "run", fix))
         self.runners: Mapping[str, Runner] = MappingProxyType(named)
         """The runners by name, fixed at construction (stages' attempt chains are built once)."""
+        self._openable = openable(named)  # runners entered for the runs that use them
         fix = 'map names to pipeline.Resource(...) objects, e.g. {"llm": Resource(rate=10)}'
         shared: dict[str, Resource] = _named("resources", resources, "acquire", fix)
         self.resources: Mapping[str, Resource] = MappingProxyType(shared)
@@ -224,7 +228,14 @@ class PipelineExecutor:
         started: float,
         deadline: anyio.CancelScope | None,
         bus: EventDispatcher | None,
+        *,
+        opened: bool = False,
     ) -> PipelineResult:
+        if self._openable and not opened:  # pools, clusters: open for the run (entries count)
+            async with runners_open(used_by(self._openable, pipeline.stages)):
+                return await self._observed(
+                    pipeline, initial_input, ctx, started, deadline, bus, opened=True
+                )
         if bus is None:
             return await self._execute(
                 pipeline, initial_input, ctx, started, deadline, NULL_REPORTER

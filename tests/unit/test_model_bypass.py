@@ -199,6 +199,8 @@ ATTEMPT = {
     "duration_ms": 3.25,
     "error": "ValueError: boom",
     "resource_wait_ms": 7.5,
+    "remote_stopped": False,
+    "remote_traceback": "Traceback (most recent call last): ...",
 }
 STEP = {
     "name": "call",

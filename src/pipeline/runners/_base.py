@@ -7,6 +7,7 @@ What an attempt *is* (events, timeout, converting errors into failures) lives in
 from __future__ import annotations
 
 import inspect
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import anyio
@@ -26,6 +27,13 @@ INLINE: Final = "inline"
 """The name of the event-loop runner, the default for stages with an async `execute`."""
 THREADS: Final = "threads"
 """The name of the worker-thread runner, the default for sync function stages."""
+REMOTE_TRACEBACK_ATTR: Final = "__pipeline_remote_traceback__"
+"""Where a runner that pickles keeps a remote exception's traceback text (on the exception)."""
+REMOTE_STOPPED: ContextVar[bool | None] = ContextVar("pipeline_remote_stopped", default=None)
+"""Set by a runner in another process at each attempt: whether its work is known to have
+stopped (True: it returned, or was cancelled before it started; False: given up on while it
+may still run). The attempt's task reads it into the attempt record; local work leaves it
+None (each stage runs in its own copy of the context, so it never leaks between stages)."""
 
 
 class Runner(Protocol):

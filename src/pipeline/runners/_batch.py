@@ -1,0 +1,271 @@
+"""Batches of fan-out items: one runner call for up to `batch_size` items.
+
+Every item still goes through its own attempt chain (events, middleware, resources, its own
+timeout) and its own retry loop and cache; only the last step, the call of the runner, is
+shared. Items that reach that step together (`Batcher.submit`) are sent as one call; each item
+task then takes its own reply, applies its context writes and returns or raises as if it had
+been called alone. An item that times out stops waiting; a batch whose items all gave up is
+cancelled. A failed item's retry comes back alone (or with other items retrying then).
+
+    fan_out (batch_size > 1): items in flight = max_concurrent_fan_out x batch_size
+      item chain ... -> Batcher.submit(item) --(batch full, or no more items arriving)--> one
+      runner call in a task of the fan-out's task group -> each item's reply
+
+When nothing happens per item around the runner call (no cache, retries, timeout, resources,
+middleware, output check or observers), `direct_batches` skips the item chains altogether:
+the fan-out sends consecutive slices of its items, `max_concurrent_fan_out` calls at a time,
+and turns the replies into outputs in order. Same outputs, errors, context writes and
+fail-fast; a few us per item on the event loop instead of a few tens.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import anyio
+import anyio.lowlevel
+
+from pipeline._outcome import Outcome
+from pipeline._text import exception_text
+from pipeline.errors import StageOutputError
+from pipeline.result import StageResult
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from anyio.abc import TaskGroup
+
+    from pipeline._env import RunEnv
+    from pipeline.context import PipelineContext
+    from pipeline.definition import StageDefinition
+    from pipeline.runners._remote import RemoteRunner
+    from pipeline.runners._worker import Reply
+
+MAX_GATHER_ROUNDS: Final = 64
+"""How many scheduler rounds a partly filled batch waits for more items before it is sent."""
+
+current_batcher: ContextVar[Batcher | None] = ContextVar("pipeline_current_batcher", default=None)
+"""The batcher of the fan-out the running item belongs to (set by `start_batching`)."""
+
+
+class _Batch:
+    """Items sent (or about to be sent) in one runner call; one event wakes them all."""
+
+    __slots__ = ("done", "error", "indices", "live", "replies", "scope", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.indices: list[int | None] = []
+        self.done = anyio.Event()
+        self.replies: list[Reply] | None = None
+        self.error: BaseException | None = None
+        self.live = 0
+        self.scope: anyio.CancelScope | None = None
+
+
+class Batcher:
+    """Gathers the items of one fan-out that reach the runner together into runner calls."""
+
+    def __init__(
+        self,
+        runner: RemoteRunner,
+        sdef: StageDefinition,
+        size: int,
+        tg: TaskGroup,
+        context: PipelineContext[Any],
+    ) -> None:
+        self.runner = runner
+        self.stage = sdef.stage
+        self.stage_id = sdef.id
+        self.size = size
+        self.tg = tg
+        self.context = context
+        self._forming: _Batch | None = None
+
+    async def submit(self, value: Any, index: int | None, context: PipelineContext[Any]) -> Any:
+        """Run one item in the next batch; its writes are applied and its value returned."""
+        batch = self._forming
+        if batch is None:
+            batch = self._forming = _Batch()
+            self.tg.start_soon(self._gather, batch)
+        position = len(batch.values)
+        batch.values.append(value)
+        batch.indices.append(index)
+        batch.live += 1
+        if len(batch.values) >= self.size:
+            self._send(batch)
+        try:
+            await batch.done.wait()
+        except BaseException:
+            batch.live -= 1
+            if batch.live == 0 and batch.scope is not None:
+                batch.scope.cancel()  # nobody waits for this call any more
+            raise
+        if batch.error is not None:
+            raise batch.error
+        assert batch.replies is not None  # set before done
+        return self.runner.settle(batch.replies[position], context)
+
+    async def _gather(self, batch: _Batch) -> None:
+        """Let the items about to arrive join a partly filled batch, then send it."""
+        seen, rounds = -1, 0
+        while self._forming is batch and len(batch.values) != seen and rounds < MAX_GATHER_ROUNDS:
+            seen = len(batch.values)
+            rounds += 1
+            await anyio.lowlevel.checkpoint()
+        if self._forming is batch:
+            self._send(batch)
+
+    def _send(self, batch: _Batch) -> None:
+        self._forming = None
+        if batch.live == 0:  # every item gave up before it was sent
+            batch.done.set()
+            return
+        batch.scope = anyio.CancelScope()
+        self.tg.start_soon(self._call, batch)
+
+    async def _call(self, batch: _Batch) -> None:
+        assert batch.scope is not None
+        with batch.scope:
+            try:
+                batch.replies = await self.runner.run_inputs(
+                    self.stage,
+                    batch.values,
+                    self.context,
+                    stage_id=self.stage_id,
+                    items=batch.indices,
+                )
+            except Exception as exc:  # noqa: BLE001  # every item of the batch fails with it
+                batch.error = exc
+            batch.done.set()
+
+
+def start_batching(
+    sdef: StageDefinition, env: RunEnv, tg: TaskGroup, context: PipelineContext[Any], cap: int
+) -> int:
+    """Batch this fan-out's runner calls when its runner can; returns the items to keep in flight.
+
+    Called by the fan-out before it starts its item tasks (they inherit the batcher). A runner
+    that cannot take batches (inline, threads, custom) gets one call per item as before.
+    """
+    size = sdef.batch_size
+    name = sdef.runner
+    runner = env.runners.get(name) if name is not None else None
+    if size is None or size <= 1 or not callable(getattr(runner, "run_inputs", None)):
+        return cap
+    current_batcher.set(Batcher(cast("RemoteRunner", runner), sdef, size, tg, context))
+    return cap * size
+
+
+def direct_batches(
+    sdef: StageDefinition, env: RunEnv, cache: object | None
+) -> Callable[[Sequence[Any], PipelineContext[Any]], Awaitable[Outcome]] | None:
+    """The fan-out itself in batches, when no item needs an attempt chain of its own.
+
+    That is a batched stage on a runner that takes batches, with nothing per item around the
+    runner call: no cache, no retries, no `timeout_ms`, no resources or middleware, no output
+    check and nobody observing the run's events. Items then need no task each: every batch is
+    one call whose replies become the outputs directly (about 2 us an item on the event loop
+    instead of about 30 us through the chain), with the same outputs, errors, context writes
+    and fail-fast as the general path. Anything else returns None: the general path.
+    """
+    size = sdef.batch_size
+    runner = env.runners.get(sdef.runner) if sdef.runner is not None else None
+    retry = sdef.retry_config
+    if (
+        size is None
+        or size <= 1
+        or not callable(getattr(runner, "run_inputs", None))
+        or cache is not None
+        or sdef.timeout_ms is not None
+        or sdef.uses
+        or env.middleware
+        or env.validate_outputs
+        or env.reporter.enabled
+        or (retry is not None and retry.max_attempts > 1)
+    ):
+        return None
+    remote = cast("RemoteRunner", runner)
+    sid, stage = sdef.id, sdef.stage
+
+    async def fan_out_in_batches(items: Sequence[Any], context: PipelineContext[Any]) -> Outcome:
+        count = len(items)
+        outputs: list[Any] = [None] * count
+        failures: dict[int, Outcome] = {}
+        chunks = iter(range(0, count, size))
+
+        async with anyio.create_task_group() as tg:
+
+            async def worker() -> None:
+                for start in chunks:
+                    indices = list(range(start, min(start + size, count)))
+                    replies = await _call(remote, stage, items, indices, context, sid)
+                    if not _settle_batch(remote, sid, indices, context, replies, outputs, failures):
+                        tg.cancel_scope.cancel()  # fail-fast: the other batches are cancelled
+                        return
+
+            cap = sdef.max_concurrent_fan_out or count
+            for _ in range(min(cap, -(-count // size))):
+                tg.start_soon(worker)
+        attempts = 1 if count else 0
+        if failures:
+            failed_items = sorted(failures)
+            first = failures[failed_items[0]]
+            error = f"FAN_OUT item(s) {failed_items} of {count} failed: {first.result.error}"
+            metadata = {"failed_items": failed_items}
+            result = StageResult.failure(error, stage_name=sid, metadata=metadata)
+            return Outcome(result, attempts, first.exception, count)
+        done = StageResult.success(outputs, stage_name=sid, metadata={"fan_out_items": count})
+        return Outcome(done, attempts, None, count)
+
+    return fan_out_in_batches
+
+
+async def _call(
+    runner: RemoteRunner,
+    stage: Any,
+    items: Sequence[Any],
+    indices: list[int],
+    context: PipelineContext[Any],
+    sid: str,
+) -> list[Reply] | BaseException:
+    """One batch's replies, or the exception the call raised (every item's failure then)."""
+    try:
+        return await runner.run_inputs(
+            stage, [items[i] for i in indices], context, stage_id=sid, items=indices
+        )
+    except Exception as exc:  # noqa: BLE001  # a runner error fails the batch's items
+        return exc
+
+
+def _settle_batch(
+    runner: RemoteRunner,
+    sid: str,
+    indices: list[int],
+    context: PipelineContext[Any],
+    replies: list[Reply] | BaseException,
+    outputs: list[Any],
+    failures: dict[int, Outcome],
+) -> bool:
+    """Each item's reply, in order: its writes applied, its output kept; False on a failure."""
+    ok = True
+    for position, i in enumerate(indices):
+        try:
+            if isinstance(replies, BaseException):
+                raise replies
+            returned = runner.settle(replies[position], context)
+        except Exception as exc:  # noqa: BLE001  # an item's exception is its failure
+            failures[i] = Outcome(StageResult.failure(exception_text(exc), stage_name=sid), 1, exc)
+            ok = False
+            continue
+        if not isinstance(returned, StageResult):
+            wrong = StageOutputError(sid, 1, returned)
+            failures[i] = Outcome(StageResult.failure(str(wrong), stage_name=sid), 1, wrong)
+            ok = False
+        elif not returned.success:
+            failures[i] = Outcome(returned, 1)
+            ok = False
+        else:
+            outputs[i] = returned.output
+    return ok

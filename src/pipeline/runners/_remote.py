@@ -1,0 +1,375 @@
+"""`RemoteRunner`: the shared half of every runner that sends work to another process.
+
+A subclass only says how to open and close its pool, submit a call, wait for it and cancel it
+(`_open`, `_close`, `_submit`, `_wait`, `_cancel`: blocking, thread-safe); this base does the
+rest, identically for every backend:
+
+    stage --cloudpickle, once per open session--> (digest, bytes)
+    inputs + context snapshot --cloudpickle--> submit(run_call, digest, bytes, call)
+    wait (abandoned at once on timeout/cancel; then `_cancel`, reported as remote_stopped)
+    replies --> context writes applied in order --> value returned / exception re-raised
+
+By default `_exchange` pickles, submits and waits in an anyio worker thread, so nothing here
+touches a backend's own async API and the same code serves asyncio and trio (Dask's sync
+client). A backend whose futures take done-callbacks can override `_exchange` to wait
+without a thread (`ProcessRunner` does). The pool or cluster does all the scheduling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from pipeline.errors import RemoteError, RunnerError, UnpicklableError
+from pipeline.result import StageResult
+from pipeline.runners._base import REMOTE_STOPPED, REMOTE_TRACEBACK_ATTR
+from pipeline.runners._batch import current_batcher
+from pipeline.runners._pickling import dumps, explain
+from pipeline.runners._worker import Call, ErrorInfo, Reply, Snapshot, run_call
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from types import TracebackType
+    from typing import Self
+
+    from pipeline._attempt import AttemptCall
+    from pipeline.context import PipelineContext
+    from pipeline.definition import StageDefinition
+    from pipeline.protocol import PipelineStage
+
+CANCEL_GRACE_S: Final = 5.0
+"""How long cancelling remote work may take before it is reported as not confirmed."""
+
+
+class _Job:
+    """One call in flight: its handle once submitted, and whether the caller gave up on it."""
+
+    __slots__ = ("abandoned", "handle", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.handle: Any = None
+        self.abandoned = False
+
+
+class RemoteRunner:
+    """Base of the runners that run stages in other processes (`ProcessRunner`, `DaskRunner`).
+
+    It is an async context manager that may be entered again while open (the pool opens on the
+    first entry and closes on the last exit), so a caller can keep it open across runs while
+    each run's executor enters it too. Stage objects are pickled once per open session.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # opening and closing
+        self._count_lock = threading.Lock()  # the counters below
+        self._depth = 0
+        self._blobs: dict[int, tuple[object, bytes, bytes]] = {}
+        self._abandoned = 0
+        """Calls given up on (timeout, cancel) that may still run: closing must not wait."""
+        self.calls_sent = 0
+        """Runner calls sent so far (one per attempt, or per batch of fan-out items)."""
+        self.in_flight = 0
+        """Calls submitted whose work has not come back yet (given-up ones included)."""
+
+    # -- what a backend provides (blocking, called from worker threads) -----------------------
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close(self, *, abandoned: bool) -> None:
+        raise NotImplementedError
+
+    def _submit(self, fn: Callable[..., bytes], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def _wait(self, handle: Any) -> bytes:
+        raise NotImplementedError
+
+    def _cancel(self, handle: Any) -> bool:
+        raise NotImplementedError
+
+    # -- session ------------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        """True between the first `__aenter__` and the matching last `__aexit__`."""
+        return self._depth > 0
+
+    async def __aenter__(self) -> Self:
+        """Open the pool (or cluster) unless it is open already; count the entry."""
+        await anyio.to_thread.run_sync(self._enter)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the pool on the last exit (without waiting for abandoned work)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._exit)
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._open()
+                self._abandoned = 0
+            self._depth += 1
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._blobs.clear()
+                self._close(abandoned=self._abandoned > 0)
+
+    # -- pickling -----------------------------------------------------------------------------
+    def stage_blob(self, stage: object) -> tuple[bytes, bytes]:
+        """`(digest, bytes)` of `stage` pickled with cloudpickle, once per session.
+
+        Raises whatever pickling raised; `unpicklable_reason` says why in words.
+        """
+        kept = self._blobs.get(id(stage))
+        if kept is not None and kept[0] is stage:
+            return kept[1], kept[2]
+        blob = dumps(stage)
+        key = hashlib.blake2b(blob, digest_size=16).digest()
+        self._blobs[id(stage)] = (stage, key, blob)
+        return key, blob
+
+    def unpicklable_reason(self, value: object, what: str) -> str | None:
+        """None when `value` pickles (a stage is kept for the run), else what failed and why."""
+        try:
+            self.stage_blob(value)
+        except Exception:  # noqa: BLE001  # any failure: say which part failed
+            return explain(value, what)
+        return None
+
+    # -- running ------------------------------------------------------------------------------
+    def attempt_caller(self, sdef: StageDefinition) -> Callable[[AttemptCall], Awaitable[Any]]:
+        """How the executor's attempt chain calls this runner for `sdef` (built once per stage).
+
+        A fan-out item of a stage with `batch_size > 1` joins its fan-out's current batch;
+        anything else is one call. Each attempt sets `REMOTE_STOPPED` for its record.
+        """
+        sid, stage = sdef.id, sdef.stage
+        batched = sdef.batch_size is not None and sdef.batch_size > 1
+
+        async def call_remote(call: AttemptCall) -> Any:
+            REMOTE_STOPPED.set(False)
+            if batched and call.item is not None:
+                batcher = current_batcher.get()
+                if batcher is not None and batcher.stage_id == sid:
+                    returned = await batcher.submit(call.input, call.item, call.context)
+                    REMOTE_STOPPED.set(True)
+                    return returned
+            stopped: list[bool] = []
+            try:
+                replies = await self.run_inputs(
+                    stage, [call.input], call.context, stage_id=sid, items=[call.item],
+                    stopped=stopped,
+                )  # fmt: skip
+            finally:
+                if stopped:
+                    REMOTE_STOPPED.set(stopped[0])
+            return self.settle(replies[0], call.context)
+
+        return call_remote
+
+    async def run(
+        self, stage: PipelineStage[Any, Any], input: Any, context: PipelineContext[Any]
+    ) -> Any:
+        """Run `stage` once on `input` in another process; its context writes are applied."""
+        replies = await self.run_inputs(stage, [input], context, stage_id=stage.name)
+        return self.settle(replies[0], context)
+
+    async def run_inputs(
+        self,
+        stage: PipelineStage[Any, Any],
+        inputs: Sequence[Any],
+        context: PipelineContext[Any],
+        *,
+        stage_id: str,
+        items: Sequence[int | None] | None = None,
+        stopped: list[bool] | None = None,
+    ) -> list[Reply]:
+        """One runner call for `inputs` (one input, or a batch of fan-out items).
+
+        When cancelled (a timeout, fail-fast, the caller) it stops waiting at once, cancels
+        the remote work best effort and appends to `stopped` whether that was confirmed.
+        `items` are the inputs' fan-out indices, for messages.
+        """
+        if self._depth == 0:
+            raise RunnerError(
+                f"{self!r} is not open: enter it with 'async with runner:' or run it through "
+                "a PipelineExecutor (which enters the runners its stages use)"
+            )
+        try:
+            key, blob = self.stage_blob(stage)
+        except Exception:  # noqa: BLE001  # validation reports this before a run; by hand, here
+            reason = explain(stage, "stage object")
+            raise UnpicklableError(stage_id, "the stage object", reason) from None
+        snapshot = _snapshot(context, stage_id)
+        labels: list[int | None] = list(items) if items is not None else [None] * len(inputs)
+        call = Call(stage_id, list(inputs), snapshot, labels)
+        job = _Job()
+        try:
+            replies = await self._exchange(job, key, blob, call)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                confirmed = await self._stop(job)
+            if stopped is not None:
+                stopped.append(confirmed)
+            raise
+        except BaseException:
+            if stopped is not None:  # the call failed: nothing of it is left running
+                stopped.append(True)
+            raise
+        if stopped is not None:
+            stopped.append(True)
+        return replies
+
+    def settle(self, reply: Reply, context: PipelineContext[Any]) -> Any:
+        """Apply `reply`'s context writes to `context` in order; return its value or raise."""
+        for op, key, value in reply.writes:
+            getattr(context, op)(key, value)
+        if reply.ok:
+            return StageResult.success(reply.payload) if reply.plain else reply.payload
+        raise rebuild(reply.payload)
+
+    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
+        """Send `call` and wait for its replies (by default all of it in a worker thread).
+
+        Cancelling it stops the wait at once (the thread is abandoned); `_stop` then cancels
+        the remote work.
+        """
+        replies: list[Reply] = await anyio.to_thread.run_sync(
+            self._round_trip, job, key, blob, call, abandon_on_cancel=True
+        )
+        return replies
+
+    def _round_trip(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
+        """In a worker thread: pickle the call, submit it, wait, unpickle the replies."""
+        call_blob = pickle_call(call)
+        with job.lock:
+            if job.abandoned:
+                return []
+            job.handle = self._submit(run_call, key, blob, call_blob)
+            with self._count_lock:
+                self.calls_sent += 1
+                self.in_flight += 1
+        try:
+            reply_blob = self._wait(job.handle)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+        replies: list[Reply] = pickle.loads(reply_blob)  # our worker's
+        return replies
+
+    async def _stop(self, job: _Job) -> bool:
+        """Give up on `job`: cancel it if submitted; True when it surely is not running."""
+        with job.lock:
+            job.abandoned = True
+            handle = job.handle
+        if handle is None:
+            return True
+        confirmed = False
+        with anyio.move_on_after(CANCEL_GRACE_S):
+            confirmed = await anyio.to_thread.run_sync(
+                self._cancel, handle, limiter=anyio.CapacityLimiter(1)
+            )
+        if not confirmed:
+            with self._count_lock:
+                self._abandoned += 1
+        return confirmed
+
+
+def pickle_call(call: Call) -> bytes:
+    """`call` pickled, or an `UnpicklableError` naming the part that does not pickle."""
+    try:
+        return dumps(call)
+    except Exception:  # noqa: BLE001  # name the part of the call that does not pickle
+        raise _unpicklable_call(call) from None
+
+
+def _snapshot(context: PipelineContext[Any], stage_id: str) -> Snapshot:
+    """Copies of what a remote stage may read (services that do not pickle are left out)."""
+    with context._lock:  # a consistent copy, as metrics_snapshot takes
+        state = dict(context.state)
+        metrics = dict(context.metrics)
+    services = {}
+    for name, value in context._services.items():  # read-only
+        try:
+            dumps(value)
+        except Exception:  # noqa: BLE001  # a client or session stays behind
+            continue
+        services[name] = value
+    return Snapshot(state, metrics, context.deps, services)
+
+
+def _unpicklable_call(call: Call) -> UnpicklableError:
+    sid = call.stage_id
+    for index, value in zip(call.items, call.inputs, strict=True):
+        try:
+            dumps(value)
+        except Exception:  # noqa: BLE001  # this one
+            what = "input" if index is None else f"input of item {index}"
+            return UnpicklableError(sid, what, explain(value, "input"))
+    snapshot = call.snapshot
+    for key, value in snapshot.state.items():
+        try:
+            dumps(value)
+        except Exception:  # noqa: BLE001  # this one
+            return UnpicklableError(sid, f"context state {key!r}", explain(value, "value"))
+    for key, value in snapshot.metrics.items():
+        try:
+            dumps(value)
+        except Exception:  # noqa: BLE001  # this one
+            return UnpicklableError(sid, f"context metric {key!r}", explain(value, "value"))
+    return UnpicklableError(sid, "context deps", explain(snapshot.deps, "deps"))
+
+
+_stand_ins: dict[str, type[RemoteError]] = {}
+
+
+def rebuild(info: ErrorInfo) -> BaseException:
+    """The exception a worker sent back, with the remote traceback kept on it.
+
+    One that did not pickle comes back as a `RemoteError` subclass named after its type, so
+    its failure still reads `"OriginalType: message"`.
+    """
+    exc = info.exception
+    if exc is None:
+        cls = _stand_ins.get(info.type_name)
+        if cls is None:
+            name = info.type_name if info.type_name.isidentifier() else "RemoteException"
+            cls = type(name, (RemoteError,), {"__module__": RemoteError.__module__})
+            _stand_ins[info.type_name] = cls
+        exc = cls(info.type_name, info.text, info.traceback)
+    if info.traceback:
+        exc.add_note(f"Traceback in the worker process:\n{info.traceback.rstrip()}")
+        with contextlib.suppress(AttributeError, TypeError):  # an exotic exception type
+            setattr(exc, REMOTE_TRACEBACK_ATTR, info.traceback)
+    return exc
+
+
+def loop_waker() -> Callable[[Callable[[], object]], object]:
+    """A non-blocking, thread-safe `call_soon` into the running event loop (asyncio or trio).
+
+    `anyio.from_thread.run_sync` would block the calling thread (the pool's queue thread)
+    until the loop ran the call. The returned function raises `RuntimeError` (trio's
+    `RunFinishedError` is one) once that loop has ended.
+    """
+    native: Any = anyio.lowlevel.current_token().native_token  # an asyncio loop or a TrioToken
+    waker: Callable[[Callable[[], object]], object] = (
+        native.call_soon_threadsafe if hasattr(native, "call_soon_threadsafe")
+        else native.run_sync_soon
+    )  # fmt: skip
+    return waker

@@ -1,0 +1,202 @@
+"""What runs in the worker process: unpickle one call, run the stage on each input, reply.
+
+The executor's side (`pipeline.runners._remote`) sends `run_call(stage_key, stage_blob,
+call_blob)`: the stage pickled once (cloudpickle) and kept here by its digest, then the
+inputs (one, or a batch of fan-out items) with a snapshot of the context. Each input runs
+against its own `RemoteContext`, whose writes are recorded; the reply is one
+`(ok, payload, writes)` tuple per input, pickled. Nothing raised by a stage escapes: it is
+sent back (or, if it cannot be pickled, its type name, text and traceback are).
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import traceback
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+import anyio
+
+from pipeline.context import PipelineContext
+from pipeline.errors import UnpicklableError
+from pipeline.result import StageResult
+from pipeline.runners._base import sync_body
+from pipeline.runners._pickling import dumps, explain, try_dumps
+
+if TYPE_CHECKING:
+    from pipeline.protocol import PipelineStage
+
+KEPT_STAGES: Final = 64
+"""How many unpickled stage objects a worker keeps (by digest) for the next calls."""
+
+_stages: OrderedDict[bytes, Any] = OrderedDict()
+
+Write = tuple[str, str, Any]
+"""One context write made remotely: `("set_state" | "add_metric" | "increment_metric", key,
+value)`."""
+
+
+class Snapshot(NamedTuple):
+    """What a remote stage sees of the run's context (copies, taken when the work is sent)."""
+
+    state: dict[str, Any]
+    metrics: dict[str, Any]
+    deps: Any
+    services: dict[str, Any]
+
+
+class Call(NamedTuple):
+    """One runner call: a stage id (for messages), its inputs and the context snapshot."""
+
+    stage_id: str
+    inputs: list[Any]
+    snapshot: Snapshot
+    items: list[int | None]
+    """The fan-out item index of each input (for messages), None for a whole stage's input."""
+
+
+class ErrorInfo(NamedTuple):
+    """A remote exception: the exception itself when it pickles, and always its texts."""
+
+    exception: BaseException | None
+    type_name: str
+    text: str
+    traceback: str
+
+
+class Reply(NamedTuple):
+    """What one input produced: `ok` with the returned value, or not with an `ErrorInfo`."""
+
+    ok: bool
+    payload: Any
+    writes: list[Write]
+    plain: bool = False
+    """The payload is a sync function's plain return value, to be wrapped in a `StageResult`
+    by the receiver (a plain value pickles several times faster than a pydantic model)."""
+
+
+class RemoteContext(PipelineContext[Any]):
+    """The context a stage gets in another process: snapshots of state, metrics and deps.
+
+    `set_state`, `add_metric` and `increment_metric` work on the snapshot and are recorded, in
+    order; the executor applies them to the run's real context when the attempt returns.
+    Cancelling it, `acquire` and `step` have no run to reach here.
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__(
+            deps=snapshot.deps,
+            state=snapshot.state,
+            metrics=snapshot.metrics,
+            **snapshot.services,
+        )
+        self.writes: list[Write] = []
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Store `value` under `key` here; the run's context gets it when the attempt returns."""
+        super().set_state(key, value)
+        self.writes.append(("set_state", key, value))
+
+    def add_metric(self, name: str, value: Any) -> None:
+        """Set metric `name` here; the run's context gets it when the attempt returns."""
+        super().add_metric(name, value)
+        self.writes.append(("add_metric", name, value))
+
+    def increment_metric(self, name: str, amount: float = 1) -> None:
+        """Add `amount` to metric `name`; the run's context gets it when the attempt returns."""
+        super().increment_metric(name, amount)
+        self.writes.append(("increment_metric", name, amount))
+
+
+def warm_up() -> int:
+    """Nothing: called once per worker when a pool opens, so it has imported this module."""
+    return 0
+
+
+def run_call(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> bytes:
+    """Run one call in this process and return the pickled list of `Reply`s (one per input)."""
+    stage = _stages.get(stage_key)
+    if stage is None:
+        stage = pickle.loads(stage_blob)  # our own bytes, from the executor
+        _stages[stage_key] = stage
+        while len(_stages) > KEPT_STAGES:
+            _stages.popitem(last=False)
+    call: Call = pickle.loads(call_blob)  # our own bytes, from the executor
+    replies = [_run_one(stage, value, call.snapshot) for value in call.inputs]
+    try:
+        return dumps(replies)
+    except Exception:  # noqa: BLE001  # find the reply that does not pickle, replace it
+        sid = call.stage_id
+        return dumps([_picklable(sid, i, r) for i, r in zip(call.items, replies, strict=True)])
+
+
+def _run_one(stage: PipelineStage[Any, Any], value: Any, snapshot: Snapshot) -> Reply:
+    # A fresh copy of the snapshot per input: one item's writes are not another's reads.
+    context = RemoteContext(
+        Snapshot(dict(snapshot.state), dict(snapshot.metrics), snapshot.deps, snapshot.services)
+    )
+    try:
+        body = sync_body(stage)
+        if body is None:  # an async stage: its own event loop in this worker
+            returned = anyio.run(_execute, stage, value, context)
+        else:
+            returned = body(value, context)
+            if inspect.isawaitable(returned):  # a sync callable that hands back a coroutine
+                returned = anyio.run(_await, returned)
+            if not isinstance(returned, StageResult):
+                return Reply(ok=True, payload=returned, writes=context.writes, plain=True)
+    except BaseException as exc:  # noqa: BLE001  # everything goes back to the executor
+        return Reply(ok=False, payload=error_info(exc), writes=context.writes)
+    return Reply(ok=True, payload=returned, writes=context.writes)
+
+
+async def _execute(stage: PipelineStage[Any, Any], value: Any, context: RemoteContext) -> Any:
+    return await stage.execute(value, context)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """`exc` with its texts; the exception is dropped when it cannot be pickled back.
+
+    An interrupt (`KeyboardInterrupt`, `SystemExit`) in a worker is the stage's failure, not
+    the caller's interrupt: it is sent as texts only.
+    """
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001  # a broken __str__ must not lose the failure
+        text = "<str() of the exception raised>"
+    tb = "".join(traceback.format_exception(exc))
+    keep: BaseException | None = exc if isinstance(exc, Exception) else None
+    if keep is not None:
+        blob = try_dumps(keep)
+        if blob is None:
+            keep = None
+        else:
+            try:
+                pickle.loads(blob)  # our own bytes; some exceptions fail to load
+            except Exception:  # noqa: BLE001
+                keep = None
+    return ErrorInfo(keep, name, text, tb)
+
+
+def _picklable(stage_id: str, index: int | None, reply: Reply) -> Reply:
+    """`reply` if it pickles; else a failure naming what did not (output, error or write)."""
+    if try_dumps(reply) is not None:
+        return reply
+    where = "" if index is None else f" of item {index}"
+    if try_dumps(reply.writes) is None:
+        for op, key, value in reply.writes:
+            if try_dumps(value) is None:
+                what = f"context write {op}({key!r}){where}"
+                problem = UnpicklableError(stage_id, what, explain(value, "value"))
+                return Reply(ok=False, payload=error_info(problem), writes=[])
+    if reply.ok:
+        problem = UnpicklableError(stage_id, f"output{where}", explain(reply.payload, "output"))
+        return Reply(ok=False, payload=error_info(problem), writes=reply.writes)
+    info: ErrorInfo = reply.payload  # its exception was checked already: drop it to be sure
+    return Reply(ok=False, payload=info._replace(exception=None), writes=reply.writes)
