@@ -5,6 +5,7 @@ Re-exports only; every name here is documented where it is defined.
 
 from pipeline._attempt import AttemptCall
 from pipeline._run import Scheduling
+from pipeline._stream_run import StreamingRun
 from pipeline.builder import PipelineBuilder, StageRef
 from pipeline.clock import Clock, SystemClock
 from pipeline.context import CancelToken, PipelineContext
@@ -20,6 +21,7 @@ from pipeline.errors import (
     PipelineRunError,
     PipelineValidationError,
     ResourceError,
+    RunNotFinishedError,
     StageError,
     StageOutputError,
     StageTimeoutError,
@@ -75,6 +77,7 @@ __all__ = [
     "Resource",
     "ResourceError",
     "RetryConfig",
+    "RunNotFinishedError",
     "Scheduling",
     "StageDefinition",
     "StageError",
@@ -85,6 +88,7 @@ __all__ = [
     "StageStatus",
     "StageTimeoutError",
     "StepRun",
+    "StreamingRun",
     "SubPipeline",
     "SystemClock",
     "UncacheableOutputError",

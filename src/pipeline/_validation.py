@@ -265,7 +265,9 @@ def has_async_execute(stage: object) -> bool:
         if known is not None:
             return known
     execute = getattr(stage, "execute", None)
-    answer = callable(execute) and inspect.iscoroutinefunction(execute)
+    answer = callable(execute) and (
+        inspect.iscoroutinefunction(execute) or inspect.isasyncgenfunction(execute)  # a producer
+    )
     if own is None or "execute" not in own:
         _async_execute[cls] = answer
     return answer
