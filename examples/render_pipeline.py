@@ -273,12 +273,21 @@ def print_report(result: PipelineResult) -> None:
         )
 
 
-async def main() -> int:
+def make_context() -> PipelineContext[Any]:
+    """The run's services: the fake LLM and a job with two flaky display groups.
+
+    Also the `--context` factory of the file version of this example:
+    `python -m pipeline run examples/render_pipeline.yaml --context examples.render_pipeline:make_context`.
+    """
     job = JobConfig(
         display_groups=["roofline", "arches", "mega_tree", "windows", "yard_stakes"],
         flaky_groups=["arches", "windows"],
     )
-    context = PipelineContext(provider=FakeLLM(), job_config=job)
+    return PipelineContext(provider=FakeLLM(), job_config=job)
+
+
+async def main() -> int:
+    context = make_context()
     executor = PipelineExecutor(scheduling="eager", observers=live_display())
     result = await executor.execute(PIPELINE, "aurora_borealis.wav", context)
     print_report(result)

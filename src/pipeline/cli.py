@@ -1,26 +1,41 @@
-"""The `pipeline` command line: validate, draw and run a definition named as `MODULE:ATTR`.
+"""The `pipeline` command line: validate, draw and run a definition (`MODULE:ATTR` or a file).
 
-    python -m pipeline validate MODULE:ATTR
-    python -m pipeline graph MODULE:ATTR [--format mermaid|dot] [--waves]
-    python -m pipeline run MODULE:ATTR [--input JSON] [--cache PATH] [--scheduling waves|eager]
+    python -m pipeline validate TARGET
+    python -m pipeline graph TARGET [--format mermaid|dot] [--waves]
+    python -m pipeline run TARGET [--input JSON] [--context MODULE:FACTORY] [--cache PATH]
+                              [--scheduling waves|eager] [--no-progress]
+    python -m pipeline schema
+    python -m pipeline cache gc STORE --artifacts DIR_OR_URL [--namespace NAME] [--grace SECONDS]
 
-Exit codes: 0 success, 1 an invalid definition or a failed run, 2 bad arguments or a
-`MODULE:ATTR` that cannot be loaded (one line on stderr naming the reference and the fix, no
-traceback). The graph text is `pipeline.viz`, the table `PipelineResult.summary()`, the live display
-`pipeline.observers.progress`, `module:attr` loading `pipeline._loading`; this module only parses
-arguments and wires them together.
+TARGET is `MODULE:ATTR` (a `PipelineDefinition` or a zero-argument function making one) or a
+pipeline file ending in .yaml, .yml, .toml or .json (`pipeline.config.load`). `--context`
+names a zero-argument function making the run's `PipelineContext`; if it returns anything
+else, that value becomes the context's `deps`. `schema` prints the file format's JSON Schema. `--cache` is a SQLite file or a `redis://`
+URL; `cache gc` removes the artifacts no entry of that store refers to (and stale temp files).
+
+Exit codes: 0 success, 1 an invalid definition or a failed run, 2 bad arguments, a
+`MODULE:ATTR` that cannot be loaded or a config file with an error (one line on stderr naming
+the reference or `file:line:column` and the fix, no traceback). The graph text is
+`pipeline.viz`, the table `PipelineResult.summary()`, the live display
+`pipeline.observers.progress`, `module:attr` loading `pipeline._loading`, files
+`pipeline.config`; this module only parses arguments and wires them together. Each subcommand
+is one `_add_*` function registering its arguments and its handler (`handler(args) -> exit
+code`).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import _loading
 from pipeline.errors import (
+    ConfigError,
     LoadError,
     UsageError as UsageError,  # defined in errors; importable here too
 )
@@ -29,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pipeline._run import Scheduling
+    from pipeline.context import PipelineContext
     from pipeline.definition import PipelineDefinition
     from pipeline.events import Observer
     from pipeline.result import PipelineResult
@@ -43,29 +59,96 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipeline", description="Validate, draw and run pipelines.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    target_help = (
-        "the definition as module:attribute (a PipelineDefinition or a function making one)"
-    )
+_TARGET_HELP = (
+    "the definition: module:attribute (a PipelineDefinition or a function making one) or a "
+    "pipeline file (.yaml, .yml, .toml, .json)"
+)
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 
+
+def _add_validate(sub: Any) -> None:
     validate = sub.add_parser("validate", help="list every problem of a definition (exit 1 if any)")
-    validate.add_argument("target", help=target_help)
+    validate.add_argument("target", help=_TARGET_HELP)
+    validate.set_defaults(handler=lambda args: _validate(load_target(args.target)))
 
+
+def _add_graph(sub: Any) -> None:
     graph = sub.add_parser("graph", help="print the definition's graph as Mermaid or DOT text")
-    graph.add_argument("target", help=target_help)
+    graph.add_argument("target", help=_TARGET_HELP)
     graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
     graph.add_argument("--waves", action="store_true", help="group stages into wave subgraphs")
+    graph.set_defaults(
+        handler=lambda args: _graph(load_target(args.target), args.format, waves=args.waves)
+    )
 
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run the pipeline and print a summary (exit 1 on failure)")
-    run.add_argument("target", help=target_help)
+    run.add_argument("target", help=_TARGET_HELP)
     run.add_argument("--input", dest="input_json", help="the initial input, as JSON")
-    run.add_argument("--cache", metavar="PATH", help="a SQLite cache file (created if missing)")
+    run.add_argument(
+        "--context",
+        metavar="MODULE:FACTORY",
+        help="a zero-argument function making the run's PipelineContext (any other return "
+        "value becomes the context's deps)",
+    )
+    run.add_argument(
+        "--cache",
+        metavar="PATH|URL",
+        help="a SQLite cache file (created if missing) or a redis:// URL (RedisCache)",
+    )
     run.add_argument("--scheduling", choices=("waves", "eager"), default="waves")
     run.add_argument(
         "--no-progress", action="store_true", help="no live display even on a terminal"
     )
+    run.set_defaults(handler=_run_command)
+
+
+def _add_schema(sub: Any) -> None:
+    schema = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
+    schema.set_defaults(handler=lambda args: _schema())
+
+
+def _add_cache(sub: Any) -> None:
+    cache = sub.add_parser("cache", help="maintain a cache store")
+    inner = cache.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    gc = inner.add_parser("gc", help="remove artifacts no entry refers to, and stale temp files")
+    gc.add_argument("store", help="a SQLite cache file or a redis:// URL")
+    gc.add_argument("--artifacts", required=True, help="the artifact directory or fsspec URL")
+    gc.add_argument("--namespace", default="pipeline", help="the RedisCache namespace")
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep temp files younger than this (a write may still be under way)",
+    )
+    gc.set_defaults(handler=_cache_gc)
+
+
+def _cache_gc(args: argparse.Namespace) -> int:
+    from pipeline.cache import CacheError, describe_gc, run_cache_gc
+
+    try:
+        report = run_cache_gc(
+            args.store, artifacts=args.artifacts, namespace=args.namespace, grace_s=args.grace
+        )
+    except (CacheError, ImportError) as exc:
+        _echo(f"pipeline cache gc: {exc}", err=True)
+        return EXIT_FAILED
+    _echo(describe_gc(report))
+    return EXIT_OK
+
+
+_COMMANDS = (_add_validate, _add_graph, _add_run, _add_schema, _add_cache)
+"""Each adds one subcommand; a new subcommand is one more function here."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipeline", description="Validate, draw and run pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
@@ -89,12 +172,78 @@ def load_definition(target: str) -> PipelineDefinition:
             the attribute is missing, or it is not a definition nor a zero-argument factory
             that returns one (a factory that needs arguments, raises or returns something else).
     """
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _importable_cwd()
     try:
         return _loading.load_definition(target)
     except LoadError as exc:
         raise UsageError(str(exc)) from exc.__cause__
+
+
+def _importable_cwd() -> None:
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def is_config_file(target: str) -> bool:
+    """Whether `target` names a pipeline file (by its suffix) rather than `module:attr`."""
+    return target.lower().endswith(_CONFIG_SUFFIXES)
+
+
+def load_target(target: str) -> PipelineDefinition:
+    """The definition a file (by suffix) or a `module:attr` reference names.
+
+    A file is read by `pipeline.config.load` (the current directory is importable, for its
+    references); its `ConfigError` becomes a one-line `UsageError` (`file:line:column:
+    problem; fix`). Anything else goes to `load_definition`.
+
+    Raises:
+        UsageError: The file has an error, or as `load_definition`.
+    """
+    if not is_config_file(target):
+        return load_definition(target)
+    from pipeline.config import load
+
+    _importable_cwd()
+    try:
+        return load(Path(target))
+    except ConfigError as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+
+
+def load_context(reference: str) -> PipelineContext[Any]:
+    """The run's context from `--context MODULE:FACTORY`.
+
+    The factory is called with no arguments; a `PipelineContext` it returns is used as is, any
+    other value becomes the `deps` of a new context.
+
+    Raises:
+        UsageError: The reference cannot be loaded, is not a zero-argument function, raises,
+            or is async.
+    """
+    from pipeline.context import PipelineContext
+
+    _importable_cwd()
+    try:
+        factory = _loading.load_attribute(reference, what="context", example="make_context")
+    except LoadError as exc:
+        raise UsageError(f"--context: {exc}") from exc.__cause__
+    if not callable(factory) or isinstance(factory, PipelineContext):
+        kind = type(factory).__name__
+        msg = f"--context {reference}: it is a {kind}; point at a function returning the context"
+        raise UsageError(msg)
+    try:
+        made = factory()
+    except Exception as exc:  # the user's factory: reported on one line
+        detail = _loading.describe_exception(exc)
+        msg = f"--context {reference}: the factory raised {detail}; fix it"
+        raise UsageError(msg) from exc
+    if inspect.iscoroutine(made):
+        made.close()
+        msg = f"--context {reference}: the factory is async; make it a plain def"
+        raise UsageError(msg)
+    if isinstance(made, PipelineContext):
+        return made
+    return PipelineContext(deps=made)
 
 
 def _problems(definition: PipelineDefinition) -> list[str]:
@@ -138,6 +287,25 @@ def _progress_observers(enabled: bool) -> list[Observer]:
     return [ProgressObserver(transient=True)]
 
 
+def _schema() -> int:
+    from pipeline.config import json_schema
+
+    _echo(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    definition = load_target(args.target)
+    return _run(
+        definition,
+        input_json=args.input_json,
+        context_factory=args.context,
+        cache_path=args.cache,
+        scheduling=args.scheduling,
+        progress=not args.no_progress,
+    )
+
+
 def _run(
     definition: PipelineDefinition,
     *,
@@ -145,6 +313,7 @@ def _run(
     cache_path: str | None,
     scheduling: str,
     progress: bool,
+    context_factory: str | None = None,
 ) -> int:
     import anyio
 
@@ -156,6 +325,7 @@ def _run(
             initial = json.loads(input_json)
         except json.JSONDecodeError as exc:
             raise UsageError(f"--input is not valid JSON: {exc}") from exc
+    context = load_context(context_factory) if context_factory is not None else None
     if definition.issues:
         _echo("\n".join(_problems(definition)))
         return EXIT_FAILED
@@ -166,12 +336,17 @@ def _run(
     async def execute() -> PipelineResult:
         if cache_path is None:
             executor = PipelineExecutor(scheduling=policy, observers=observers)
-            return await executor.execute(definition, initial)
-        from pipeline.cache import SQLiteCache
+            return await executor.execute(definition, initial, context)
+        from pipeline.cache import RedisCache, SQLiteCache
 
-        async with SQLiteCache(cache_path) as cache:
+        store: SQLiteCache | RedisCache
+        if cache_path.startswith(("redis://", "rediss://", "unix://")):
+            store = RedisCache(cache_path)
+        else:
+            store = SQLiteCache(cache_path)
+        async with store as cache:
             executor = PipelineExecutor(scheduling=policy, observers=observers, cache=cache)
-            return await executor.execute(definition, initial)
+            return await executor.execute(definition, initial, context)
 
     result = anyio.run(execute)
     _echo(result.summary())
@@ -182,18 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default `sys.argv[1:]`); return the exit code."""
     try:
         args = _parser().parse_args(argv)
-        definition = load_definition(args.target)
-        if args.command == "validate":
-            return _validate(definition)
-        if args.command == "graph":
-            return _graph(definition, args.format, waves=args.waves)
-        return _run(
-            definition,
-            input_json=args.input_json,
-            cache_path=args.cache,
-            scheduling=args.scheduling,
-            progress=not args.no_progress,
-        )
+        code: int = args.handler(args)
     except UsageError as exc:
         _echo(f"pipeline: error: {exc}", err=True)
         return EXIT_USAGE
+    return code

@@ -546,3 +546,20 @@ class PipelineDefinition:
         """The execution plan (waves, predecessors, successors); validates first."""
         self.validate()
         return build_plan(self.stages, self._graph)
+
+    def to_config(self, format: Literal["yaml", "toml", "json"] = "yaml") -> str:
+        """This definition as a declarative file (`pipeline.config.load` reads it back).
+
+        Every part must be importable: stages are written as `module:attr` references (a stage
+        loaded from a file keeps its reference and `params`), conditions as their CEL `when:`
+        expressions, `retry_on` / `retry_if` as references. TOML has no null: an unlimited
+        `max_concurrent_fan_out` is written as 0 (which also means no cap).
+
+        Raises:
+            ConfigError: A part cannot be written (a lambda or local class, an instance built
+                with arguments, a condition that is not CEL, a declared `input_type`); the
+                message names the stage and the field.
+        """
+        from pipeline.config._dump import to_config
+
+        return to_config(self, format)

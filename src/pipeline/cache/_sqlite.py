@@ -1,9 +1,13 @@
 """`SQLiteCache`: a `CacheStore` in one SQLite file, shared safely by threads and processes.
 
-stdlib `sqlite3` runs in anyio worker threads, never on the event loop. Concurrent calls are
-gathered into one worker-thread trip (each operation still its own transaction), because the
-trip costs far more than the query. A file this process may only read is opened read-only: it
-serves hits and refuses writes. The protocol and the in-memory store live in `_store`.
+stdlib `sqlite3` runs in anyio worker threads. Concurrent calls are gathered into one
+worker-thread trip (`_batch`; each operation still its own transaction), because the trip
+costs far more than the query. Lookups are the exception: once the file is open, `get` first
+asks a second, query-only connection right on the event loop (`_sqlite_reader`), which costs a
+few microseconds instead of a thread trip and never waits: what could block goes the thread
+way. A file this process may only read is opened read-only: it serves hits and refuses writes.
+Large values can live outside the file as artifacts (`_artifacts`). The protocol and the
+in-memory store live in `_store`.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import pathlib
 import sqlite3
 import threading
 import time
-from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import anyio
 import anyio.to_thread
 
+from pipeline.cache._artifacts import DEFAULT_THRESHOLD, NUL, REF_PREFIX, Artifacts, referenced_sha
+from pipeline.cache._batch import Job, TripBatcher
+from pipeline.cache._sqlite_reader import UNSERVED, InlineReader
 from pipeline.cache._store import CacheError, _check_ttl
 from pipeline.errors import DefinitionError
 
@@ -27,16 +33,19 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
+    from pipeline.cache._artifacts import ArtifactGcReport
     from pipeline.cache._key import CacheKey
 
 T = TypeVar("T")
 
 logger = logging.getLogger("pipeline")
 
+# A rowid table: its digest index holds only keys, so a lookup never reads a large neighbour's
+# value (files made before this by a WITHOUT ROWID table still work; see `_sqlite_reader`).
 _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS pipeline_cache ("
     " digest TEXT PRIMARY KEY, stage_id TEXT NOT NULL,"
-    " created_at REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+    " created_at REAL NOT NULL, value BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS pipeline_cache_stage ON pipeline_cache (stage_id)",
 )
 
@@ -44,10 +53,14 @@ _SCHEMA: Final = (
 _EMPTY_TABLE: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS pipeline_cache ("
     " digest TEXT PRIMARY KEY, stage_id TEXT NOT NULL,"
-    " created_at REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID"
+    " created_at REAL NOT NULL, value BLOB NOT NULL)"
 )
 
 _ASKED: Final = "opened with read_only=True"
+
+
+def _sha_of(stored: bytes) -> str:
+    return referenced_sha(stored) or ""
 
 
 def _refuses_writes(exc: sqlite3.Error) -> bool:
@@ -59,29 +72,21 @@ def _refuses_writes(exc: sqlite3.Error) -> bool:
     )
 
 
-class _Job(Generic[T]):
-    """One store operation waiting for a worker-thread trip."""
+class _Job(Job[T]):
+    """One SQLite operation: `fn` runs on the connection in the worker thread."""
 
-    __slots__ = ("done", "error", "fn", "key", "value", "wakeup", "write")
+    __slots__ = ("fn", "write")
 
     def __init__(
         self, fn: Callable[[sqlite3.Connection], T], key: str | None, write: str | None
     ) -> None:
+        super().__init__(key)
         self.fn = fn
-        self.key = key
         self.write = write  # what the operation writes ("store the entry"), None for reads
-        self.done = False
-        self.value: T | None = None
-        self.error: BaseException | None = None
-        self.wakeup: anyio.Event | None = None
-
-    def wake(self) -> None:
-        if self.wakeup is not None:
-            self.wakeup.set()
 
 
 @final
-class SQLiteCache:
+class SQLiteCache(TripBatcher):
     """A `CacheStore` in a SQLite file (WAL mode): survives crashes, shared across processes.
 
     Every write is one transaction, so a killed process leaves the old entry or the new one,
@@ -104,6 +109,11 @@ class SQLiteCache:
             fails with `CacheError` (the run then recomputes the stage).
         read_only: Open the file read-only even when it could be written: serve hits from a
             shared cache without ever changing it. A missing file then fails with `CacheError`.
+        artifacts: Where values longer than `artifact_threshold_bytes` go, as content-addressed
+            files the entry refers to: a local directory (created) or an fsspec URL (extra
+            `fsspec`). None keeps every value in the file.
+        artifact_threshold_bytes: The size (of the serialised bytes) above which a value
+            becomes an artifact.
     """
 
     def __init__(
@@ -114,6 +124,8 @@ class SQLiteCache:
         time_fn: Callable[[], float] = time.time,
         busy_timeout_s: float = 5.0,
         read_only: bool = False,
+        artifacts: str | os.PathLike[str] | None = None,
+        artifact_threshold_bytes: int = DEFAULT_THRESHOLD,
     ) -> None:
         _check_ttl("SQLiteCache", ttl_s)
         if not isinstance(read_only, bool):
@@ -132,7 +144,10 @@ class SQLiteCache:
         self._read_only_reason: str | None = _ASKED if read_only else None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # one connection, used by one worker thread at a time
-        self._pending: list[_Job[Any]] = []
+        self._reader = InlineReader()  # serves lookups on the event loop once the file is open
+        self._reader_uri: str | None = None  # how the reader opens (None: the plain path)
+        self._artifacts = Artifacts(repr(self), artifacts, artifact_threshold_bytes)
+        self._pending = []
         self._leading = False
 
     def __repr__(self) -> str:
@@ -167,6 +182,14 @@ class SQLiteCache:
     # -- the store operations ------------------------------------------------------------------
     async def get(self, key: CacheKey) -> bytes | None:
         """The bytes under `key`, or None when missing or expired."""
+        found = self._reader.get(key.digest, self.ttl_s, self.time_fn)
+        if found is UNSERVED:
+            found = await self._get_in_thread(key)
+        if isinstance(found, bytes) and found.startswith(NUL):
+            return await self._artifacts.unpack(found, key.digest)
+        return found  # type: ignore[return-value]  # bytes or None past the sentinel
+
+    async def _get_in_thread(self, key: CacheKey) -> bytes | None:
         ttl, now = self.ttl_s, self.time_fn
 
         def op(conn: sqlite3.Connection) -> bytes | None:
@@ -185,9 +208,17 @@ class SQLiteCache:
         return await self._call(op, key.digest)
 
     async def put(self, key: CacheKey, value: bytes) -> None:
-        """Store `value` under `key` in one transaction, replacing any older entry."""
+        """Store `value` under `key` in one transaction, replacing any older entry.
+
+        A value over the artifact threshold is written (and committed) as an artifact first;
+        the entry then holds the reference.
+        """
+        value = bytes(value)
+        if self._artifacts.takes(value):  # a read-only store refuses before the artifact
+            await self._call(lambda _: None, key.digest, write="store the entry")
+        stored = await self._artifacts.pack(value, key.digest)
         created = self.time_fn()
-        row = (key.digest, key.stage_id, created, bytes(value))
+        row = (key.digest, key.stage_id, created, stored)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT OR REPLACE INTO pipeline_cache VALUES (?, ?, ?, ?)", row)
@@ -247,6 +278,28 @@ class SQLiteCache:
 
         return await self._call(op, None, write="purge expired entries")
 
+    async def gc_artifacts(self, *, grace_s: float = 3600.0) -> ArtifactGcReport:
+        """Remove artifacts no entry refers to, and temp files of writes that never finished.
+
+        Only files older than `grace_s` seconds go (a write in progress commits its artifact
+        before its entry). Use one artifact location per store: a location shared by several
+        stores loses the artifacts only the others refer to.
+
+        Raises:
+            CacheError: The store has no `artifacts=`, or its file cannot be read.
+        """
+
+        def op(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(
+                "SELECT value FROM pipeline_cache"
+                " WHERE length(value) < 256 AND substr(value, 1, ?) = ?",
+                (len(REF_PREFIX), REF_PREFIX),
+            ).fetchall()
+            return [bytes(row[0]) for row in rows]
+
+        refs = {_sha_of(v) for v in await self._call(op, None)}
+        return await anyio.to_thread.run_sync(self._artifacts.gc, refs, grace_s)
+
     async def aclose(self) -> None:
         """Close the connection (a later call reopens it); idempotent."""
         await anyio.to_thread.run_sync(self.close)
@@ -257,50 +310,13 @@ class SQLiteCache:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+            self._reader.close()
 
     # -- one worker-thread trip for every operation waiting ------------------------------------
     async def _call(
         self, fn: Callable[[sqlite3.Connection], T], key: str | None, *, write: str | None = None
     ) -> T:
-        job: _Job[T] = _Job(fn, key, write)
-        self._pending.append(job)
-        try:
-            while not job.done:
-                if self._leading:
-                    job.wakeup = anyio.Event()
-                    await job.wakeup.wait()
-                else:
-                    await self._lead()
-        finally:
-            if not job.done:
-                with suppress(ValueError):
-                    self._pending.remove(job)
-        if job.error is not None:
-            raise job.error
-        return job.value  # type: ignore[return-value]  # done without error: fn returned a T
-
-    async def _lead(self) -> None:
-        # The first caller carries everyone's operations: callers arriving while it is in the
-        # worker thread ride together on its next trip. Whoever is woken unserved leads next.
-        self._leading = True
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await anyio.to_thread.run_sync(self._run_batch, batch)
-                except BaseException:
-                    # Cancelled before the trip started: the batch did not run. Put it back so
-                    # the jobs' own callers (woken below) carry it; dropping it would leave
-                    # them waiting for a trip that never comes.
-                    self._pending[:0] = [job for job in batch if not job.done]
-                    raise
-                finally:
-                    for job in batch:
-                        job.wake()
-        finally:
-            self._leading = False
-            for job in self._pending:
-                job.wake()
+        return await self._submit(_Job(fn, key, write))
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         with self._lock:
@@ -365,6 +381,7 @@ class SQLiteCache:
         while True:
             try:
                 self._conn = self._open_any()
+                self._reader.open(self.path, self._reader_uri, self._open_uri)
             except sqlite3.OperationalError as exc:
                 text = str(exc).lower()
                 if not ("locked" in text or "busy" in text) or time.monotonic() >= deadline:
@@ -388,20 +405,23 @@ class SQLiteCache:
                 raise
             return self._open_read_only(f"opening it for writing failed: {exc}")
         self._read_only_reason = None
+        self._reader_uri = None
         return conn
 
     def _open_read_only(self, reason: str | None) -> sqlite3.Connection:
         """Open the file read-only; `reason` is why (None: the caller asked for it)."""
         uri = pathlib.Path(os.path.abspath(self.path)).as_uri()
         try:
-            conn = self._open_uri(f"{uri}?mode=ro")
+            self._reader_uri = f"{uri}?mode=ro"
+            conn = self._open_uri(self._reader_uri)
             how = ""
         except sqlite3.Error as exc:
             if not _refuses_writes(exc):
                 raise
             # A WAL file needs its -shm index, which SQLite creates beside the file even to
             # read; where it cannot, only an immutable open (no WAL, no locks) can read it.
-            conn = self._open_uri(f"{uri}?mode=ro&immutable=1")
+            self._reader_uri = f"{uri}?mode=ro&immutable=1"
+            conn = self._open_uri(self._reader_uri)
             how = (
                 "; opened immutable, as SQLite cannot create the -shm file beside it: "
                 "other processes' writes are not seen"
@@ -412,16 +432,13 @@ class SQLiteCache:
             self._found_read_only(reason + how)
         return conn
 
-    def _open_uri(self, uri: str) -> sqlite3.Connection:
+    def _open_uri(self, uri: str, busy_timeout_s: float | None = None) -> sqlite3.Connection:
+        wait = self.busy_timeout_s if busy_timeout_s is None else busy_timeout_s
         conn = sqlite3.connect(
-            uri,
-            uri=True,
-            timeout=self.busy_timeout_s,
-            isolation_level=None,
-            check_same_thread=False,
+            uri, uri=True, timeout=wait, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             # Reading the schema reads the file (and the WAL index): refusals surface here.
             found = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pipeline_cache'"

@@ -133,10 +133,11 @@ async def test_a_cancelled_leader_hands_over_to_the_waiting_callers(tmp_path: Pa
 
 
 async def test_operation_queued_behind_a_cancelled_leader_still_runs(tmp_path: Path) -> None:
-    """A shielded write queued behind a lookup whose stage is cancelled must not be lost.
+    """A shielded write queued behind an operation whose caller is cancelled must not be lost.
 
     The cancelled caller led the worker-thread trips; its next trip is refused at the
-    cancellation checkpoint before it starts, and the queued write has to run anyway.
+    cancellation checkpoint before it starts, and the queued write has to run anyway. (The
+    leader counts: a lookup of an open file is served on the loop without a trip.)
     """
     cache = SQLiteCache(tmp_path / "c.db")
     await cache.put(key("warm"), b"w")  # open the file first: the gate below is for lookups
@@ -155,7 +156,7 @@ async def test_operation_queued_behind_a_cancelled_leader_still_runs(tmp_path: P
 
     async def leader() -> None:
         with leader_scope:
-            await cache.get(key("a"))
+            await cache.count()
 
     async def shielded_writer() -> None:
         with anyio.CancelScope(shield=True):
@@ -173,3 +174,67 @@ async def test_operation_queued_behind_a_cancelled_leader_still_runs(tmp_path: P
             await written.wait()
     assert await cache.get(key("b")) == b"v"
     await cache.aclose()
+
+
+async def test_lookups_of_an_open_file_take_no_worker_thread_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hit must stay cheap (SPEC 13: <= 50 us per stage), so it is read on the event loop."""
+    store = SQLiteCache(tmp_path / "c.db")
+    await store.put(key("a"), b"v")
+    await store.put(key("big"), b"b" * 100_000)
+    trips: list[int] = []
+    original = store._run_batch
+
+    def counting(batch: list[Any]) -> None:
+        trips.append(len(batch))
+        original(batch)
+
+    monkeypatch.setattr(store, "_run_batch", counting)
+    for _ in range(20):
+        assert await store.get(key("a")) == b"v"
+        assert await store.get(key("missing")) is None
+    assert trips == []
+    assert await store.get(key("big")) == b"b" * 100_000  # a large value: read in a thread
+    assert trips == [1]
+    await store.aclose()
+
+
+async def test_lookups_on_the_loop_see_other_connections_writes(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    async with SQLiteCache(path) as store:
+        await store.put(key("a"), b"v")
+        assert await store.get(key("b")) is None
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("UPDATE pipeline_cache SET value = X'7777'")
+        other.execute("INSERT INTO pipeline_cache VALUES (?, 'b', 0, X'6262')", (key("b").digest,))
+        other.close()
+        assert await store.get(key("a")) == b"ww"
+        assert await store.get(key("b")) == b"bb"
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # WAL: a writer's lock does not stop readers
+        try:
+            with anyio.fail_after(5):
+                assert await store.get(key("a")) == b"ww"
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+
+async def test_a_file_of_the_older_without_rowid_format_still_works(tmp_path: Path) -> None:
+    """Files written before the rowid table keep working; their lookups use worker threads."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            "CREATE TABLE pipeline_cache (digest TEXT PRIMARY KEY, stage_id TEXT NOT NULL,"
+            " created_at REAL NOT NULL, value BLOB NOT NULL) WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO pipeline_cache VALUES (?, 'a', 0, X'6f6c64')", (key("a").digest,))
+    conn.close()
+    async with SQLiteCache(path) as store:
+        assert await store.get(key("a")) == b"old"
+        await store.put(key("b"), b"new")
+        assert await store.get(key("b")) == b"new"
+        assert await store.count() == 2
+        assert store._reader._conn is None  # no lookups on the loop for this format

@@ -1,4 +1,4 @@
-"""One conformance suite every `CacheStore` passes (parametrised over memory and SQLite)."""
+"""One conformance suite every `CacheStore` passes (memory, SQLite and a real Redis server)."""
 
 from __future__ import annotations
 
