@@ -51,10 +51,11 @@ def test_sigkill_mid_stream_then_resume_runs_only_unfinished_items(
             child.kill()
         if child.stdout is not None:
             child.stdout.close()
-    first = log_lines(log1)
-    assert first[-1] == f"square:{kill_at}"
-    done_before = {line for line in first if line.startswith("square:")} - {first[-1]}
-    assert done_before == {f"square:{i}" for i in range(kill_at)}
+    # The producer may have run ahead of the blocked item (within its buffer), so only the
+    # map's lines are in a known order: the blocked item is the last one it started.
+    squares = [line for line in log_lines(log1) if line.startswith("square:")]
+    assert squares[-1] == f"square:{kill_at}"
+    assert set(squares[:-1]) == {f"square:{i}" for i in range(kill_at)}
 
     rerun = subprocess.run(
         [sys.executable, WORKER, str(db), str(log2)],
