@@ -5,6 +5,7 @@ Re-exports only; every name here is documented where it is defined.
 
 from pipeline._attempt import AttemptCall
 from pipeline._run import Scheduling
+from pipeline._stream_run import StreamingRun
 from pipeline.builder import PipelineBuilder, StageRef
 from pipeline.clock import Clock, SystemClock
 from pipeline.context import CancelToken, PipelineContext
@@ -22,6 +23,7 @@ from pipeline.errors import (
     RemoteError,
     ResourceError,
     RunnerError,
+    RunNotFinishedError,
     StageError,
     StageOutputError,
     StageTimeoutError,
@@ -79,6 +81,7 @@ __all__ = [
     "Resource",
     "ResourceError",
     "RetryConfig",
+    "RunNotFinishedError",
     "RunnerError",
     "Scheduling",
     "StageDefinition",
@@ -90,6 +93,7 @@ __all__ = [
     "StageStatus",
     "StageTimeoutError",
     "StepRun",
+    "StreamingRun",
     "SubPipeline",
     "SystemClock",
     "UncacheableOutputError",

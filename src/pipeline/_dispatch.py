@@ -41,6 +41,7 @@ import logging
 import math
 import uuid
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -65,6 +66,11 @@ does not noticeably hold `execute()`."""
 
 _Queued = tuple[Any, Any]
 """(async observer, event), or (None, (sync observer, event, the awaitable it returned))."""
+
+
+run_observers: ContextVar[tuple[Observer, ...]] = ContextVar("pipeline_run_observers", default=())
+"""Observers of the next run started in this context only, besides the executor's own
+(`PipelineExecutor.stream` sets its forwarder here around its `execute`)."""
 
 
 def new_run_id() -> str:

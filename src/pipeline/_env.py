@@ -77,6 +77,9 @@ tasks inherit it, and `current_item` tells them apart)."""
 current_item: ContextVar[int | None] = ContextVar("pipeline_current_item", default=None)
 """The fan-out item the running code belongs to, or None."""
 
+current_lineage: ContextVar[str | None] = ContextVar("pipeline_current_lineage", default=None)
+"""The lineage id of the streamed item the running code belongs to (`source:3/map`), or None."""
+
 
 def run_reporter(env: RunEnv) -> Reporter:
     """The reporter of the run the calling code belongs to (`env`'s outside a run).

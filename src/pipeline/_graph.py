@@ -32,13 +32,22 @@ def scan(stages: Sequence[StageDefinition]) -> Graph:
     wave_of: dict[str, int] = {}
     ready: list[str] = []
     for s in stages:
-        deps = [d for d in dict.fromkeys(s.inputs) if d in successors]
-        pending[s.id] = len(deps)
+        sid, inputs = s.id, s.inputs
+        if len(inputs) == 1:  # the common case, without de-duplicating (~0.2 us a stage)
+            dep = inputs[0]
+            if dep in successors:
+                pending[sid] = 1
+                successors[dep].append(sid)
+                continue
+            deps: list[str] = []
+        else:
+            deps = [d for d in dict.fromkeys(inputs) if d in successors]
+        pending[sid] = len(deps)
         for dep in deps:
-            successors[dep].append(s.id)
+            successors[dep].append(sid)
         if not deps:
-            ready.append(s.id)
-            wave_of[s.id] = 0
+            ready.append(sid)
+            wave_of[sid] = 0
     i = 0
     while i < len(ready):
         sid = ready[i]

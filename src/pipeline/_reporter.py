@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, final
 
+from pipeline._env import current_lineage
 from pipeline._model import trusted_model
 from pipeline.events import (
     AttemptFailed,
@@ -25,6 +26,7 @@ from pipeline.events import (
     StepFinished,
     WaveStarted,
 )
+from pipeline.result import StageStatus
 
 if TYPE_CHECKING:
     from pipeline._dispatch import EventDispatcher
@@ -85,6 +87,7 @@ class RunReporter:
             AttemptStarted,
             stage_id=stage_id,
             item=item,
+            stream_lineage=current_lineage.get(),
             attempt=attempt,
         )
 
@@ -96,6 +99,7 @@ class RunReporter:
             AttemptFailed,
             stage_id=stage_id,
             item=item,
+            stream_lineage=current_lineage.get(),
             attempt=attempt,
             error=outcome.result.error,
             exception_type=outcome.exception_type,
@@ -110,6 +114,7 @@ class RunReporter:
             RetryScheduled,
             stage_id=stage_id,
             item=item,
+            stream_lineage=current_lineage.get(),
             attempt=attempt,
             delay_s=delay_s,
         )
@@ -120,6 +125,7 @@ class RunReporter:
             StageCacheHit,
             stage_id=stage_id,
             item=item,
+            stream_lineage=current_lineage.get(),
             key=key,
         )
 
@@ -130,6 +136,7 @@ class RunReporter:
             FanOutItemFinished,
             stage_id=stage_id,
             item=item,
+            stream_lineage=current_lineage.get(),
             status=result.status,
             attempts=outcome.attempts,
             cached=outcome.cached,
@@ -151,6 +158,7 @@ class RunReporter:
             ResourceWaited,
             stage_id=stage_id,
             item=item,
+            stream_lineage=current_lineage.get(),
             attempt=attempt,
             resource=resource,
             weight=weight,
@@ -163,6 +171,7 @@ class RunReporter:
             StepFinished,
             stage_id=stage_id,
             item=step.item,
+            stream_lineage=current_lineage.get(),
             name=step.name,
             status=step.status,
             cached=step.cached,
@@ -170,8 +179,11 @@ class RunReporter:
             error=step.error,
         )
 
-    def stage_finished(self, record: StageRun) -> None:
-        """A stage ended, whatever the way (also skipped or never started)."""
+    def stage_finished(self, record: StageRun, output: Any = None) -> None:
+        """A stage ended, whatever the way (also skipped or never started).
+
+        `output` is the stage's output as the run keeps it (None unless it succeeded).
+        """
         self._emit(
             StageFinished,
             stage_id=record.stage_id,
@@ -181,6 +193,7 @@ class RunReporter:
             error=record.error,
             duration_s=record.duration_ms / 1000,
             items=record.items,
+            output=output if record.status is StageStatus.SUCCEEDED else None,
         )
 
     def run_finished(self, result: PipelineResult) -> None:
@@ -248,7 +261,7 @@ class NullReporter:
     def step_finished(self, stage_id: str, step: StepRun) -> None:
         """Nothing."""
 
-    def stage_finished(self, record: StageRun) -> None:
+    def stage_finished(self, record: StageRun, output: Any = None) -> None:
         """Nothing."""
 
     def run_finished(self, result: PipelineResult) -> None:

@@ -178,7 +178,7 @@ class RunState:
         self.results[sid] = result
         record = self._record(sid, outcome, t0, t1)
         self.records[sid] = record
-        self.env.reporter.stage_finished(record)
+        self.env.reporter.stage_finished(record, result.output)
         status = result.status
         if status is StageStatus.SUCCEEDED:
             self.outputs[sid] = result.output

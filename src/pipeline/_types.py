@@ -8,6 +8,7 @@ pair of types. The run-time check of outputs (`validate_outputs=True`) is `pipel
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import difflib
 import functools
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel
 
+from pipeline._stream_graph import streams_out
 from pipeline._validation import has_async_execute, register_late_rule
 from pipeline._wrapped import unwrap_stage
 from pipeline.cache._serialize import output_type_of
@@ -348,7 +350,7 @@ def edge_type_issues(scope: Scope) -> Iterator[ValidationIssue]:
             if len(producers) == 1:
                 yield from _fan_out_edge(s, expected, producers[0])
         elif len(producers) == 1:
-            yield from _single_edge(s, expected, producers[0])
+            yield from _single_edge(s, expected, producers[0], by_id)
         else:
             yield from _multi_edge(s, expected, producers)
 
@@ -358,15 +360,33 @@ def _mismatch(consumer: StageDefinition, message: str) -> ValidationIssue:
 
 
 def _single_edge(
-    s: StageDefinition, expected: Any, producer: StageDefinition
+    s: StageDefinition,
+    expected: Any,
+    producer: StageDefinition,
+    by_id: Mapping[str, StageDefinition] | None = None,
 ) -> Iterator[ValidationIssue]:
     out = edge_type(producer)
+    if typing.get_origin(expected) in _ITERATORS or expected in _ITERATORS:
+        if not streams_out(producer, by_id or {}):
+            yield _mismatch(
+                s,
+                f"Stage {s.id!r} reads its input as {type_name(expected)} but stage "
+                f"{producer.id!r} does not stream (only an async generator stage, or a FAN_OUT "
+                "over one, does); annotate the input as a list instead",
+            )
+            return
+        # A streaming consumer (SPEC 11) reads the items its producer's list would hold.
+        (item,) = typing.get_args(expected)[:1] or (Any,)
+        expected = list[item]  # type: ignore[valid-type]  # a runtime type expression
     if fits(out, expected) is False:
         yield _mismatch(
             s,
             f"Stage {s.id!r} expects input {type_name(expected)} but stage {producer.id!r} "
             f"produces {type_name(out)}; {FIX}",
         )
+
+
+_ITERATORS: Final = (collections.abc.AsyncIterator, collections.abc.AsyncIterable)
 
 
 def _fan_out_edge(

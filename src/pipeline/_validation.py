@@ -244,9 +244,10 @@ def collect_issues(
 
 def _looks_fine(s: StageDefinition, known: set[str]) -> bool:
     """What every per-stage rule accepts, checked without building a message."""
-    n = len(s.inputs)
+    inputs = s.inputs
+    n = len(inputs)
     return (
-        (n == 0 or all(d in known for d in s.inputs))
+        (n == 0 or (inputs[0] in known if n == 1 else all(d in known for d in inputs)))
         and not (n > 1 and s.pattern == "fan_out")
         and not (s.condition is None and s.pattern == "conditional")
         and has_async_execute(s.stage)
@@ -265,7 +266,9 @@ def has_async_execute(stage: object) -> bool:
         if known is not None:
             return known
     execute = getattr(stage, "execute", None)
-    answer = callable(execute) and inspect.iscoroutinefunction(execute)
+    answer = callable(execute) and (
+        inspect.iscoroutinefunction(execute) or inspect.isasyncgenfunction(execute)  # a producer
+    )
     if own is None or "execute" not in own:
         _async_execute[cls] = answer
     return answer

@@ -280,7 +280,7 @@ class RetryConfig:
 
 
 @final
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class StageDefinition:
     """One stage of a pipeline: its id, the stage object and how it is wired and run.
 
@@ -337,41 +337,95 @@ class StageDefinition:
     batch_size: int | None = None
     buffer: int | None = None
 
-    def __post_init__(self) -> None:
-        inputs: object = self.inputs
+    # Written out rather than generated, with the checks on local names: the generated
+    # `__init__` of a frozen dataclass sets each of the 20 fields through `object.__setattr__`
+    # and `__post_init__` then reads them back as attributes (2.4 us a stage together); this
+    # costs ~1.2 us (benchmarks/overhead.py, W1/W2 "build" rows). It relies on the class having
+    # a `__dict__` (no slots) and on these defaults matching the fields' (a test compares them:
+    # tests/unit/test_definition.py::test_init_signature_matches_the_dataclass_fields).
+    def __init__(
+        self,
+        id: str,
+        stage: PipelineStage[Any, Any],
+        *,
+        pattern: ExecutionPattern = ExecutionPattern.SEQUENTIAL,
+        inputs: Sequence[str] = (),
+        condition: Condition | None = None,
+        retry_config: RetryConfig | None = None,
+        timeout_ms: float | None = None,
+        critical: bool = True,
+        max_concurrent_fan_out: int | None = 4,
+        description: str | None = None,
+        input_type: Any = None,
+        output_type: Any = None,
+        cache: bool = True,
+        cache_version: str | int = 0,
+        cache_code_fingerprint: bool = False,
+        runner: str | None = None,
+        uses: Mapping[str, int] | None = None,
+        batch_size: int | None = None,
+        buffer: int | None = None,
+    ) -> None:
         if type(inputs) is not tuple and isinstance(inputs, list):
-            object.__setattr__(self, "inputs", inputs := tuple(inputs))
-        # The common case costs ~1 us: every check below as one cheap expression. Only when it
-        # fails do the detailed checks run (they build the message of the first problem found),
-        # so a well-formed definition never formats an error text (it cost ~6 us a stage).
-        f: Any = self  # runtime checks for callers without a type checker
+            inputs = tuple(inputs)
+        d = self.__dict__
+        d["id"] = id
+        d["stage"] = stage
+        d["pattern"] = pattern
+        d["inputs"] = inputs
+        d["condition"] = condition
+        d["retry_config"] = retry_config
+        d["timeout_ms"] = timeout_ms
+        d["critical"] = critical
+        d["max_concurrent_fan_out"] = max_concurrent_fan_out
+        d["description"] = description
+        d["input_type"] = input_type
+        d["output_type"] = output_type
+        d["cache"] = cache
+        d["cache_version"] = cache_version
+        d["cache_code_fingerprint"] = cache_code_fingerprint
+        d["runner"] = runner
+        d["uses"] = {} if uses is None else uses
+        d["batch_size"] = batch_size
+        d["buffer"] = buffer
+        # The common case: every check as one cheap expression (~0.5 us). Only when it fails do
+        # the detailed checks run and build the message of the first problem found, so a
+        # well-formed definition never formats an error text (that cost ~6 us a stage).
+        # Runtime checks for callers without a type checker: read as Any, not narrowed.
+        cap: Any = max_concurrent_fan_out
+        retry: Any = retry_config
+        when: Any = condition
+        flags: Any = (critical, cache, cache_code_fingerprint)
+        text: Any = description
         if (
-            type(f.id) is str
-            and f.id.strip()
+            type(id) is str
+            and id.strip()
             and type(inputs) is tuple
-            and all(type(d) is str for d in inputs)
-            and type(f.pattern) is ExecutionPattern
-            and not isinstance(f.stage, type)
-            and (f.timeout_ms is None or _positive_ms(f.timeout_ms))
-            and (f.retry_config is None or type(f.retry_config) is RetryConfig)
-            and (f.max_concurrent_fan_out is None or _is_int(f.max_concurrent_fan_out))
-            and (f.max_concurrent_fan_out is None or f.max_concurrent_fan_out >= 0)
-            and (f.condition is None or callable(f.condition))
-            and type(f.critical) is bool
-            and type(f.cache) is bool
-            and type(f.cache_code_fingerprint) is bool
-            and (f.description is None or isinstance(f.description, str))
-            and (f.runner is None or (type(f.runner) is str and f.runner.strip()))
-            and (type(f.cache_version) is str or _is_int(f.cache_version))
-            and (not f.uses or _valid_uses(f.uses))
-            and (f.batch_size is None or (_is_int(f.batch_size) and f.batch_size >= 1))
-            and (f.buffer is None or (_is_int(f.buffer) and f.buffer >= 1))
+            and all(type(i) is str for i in inputs)
+            and type(pattern) is ExecutionPattern
+            and not isinstance(stage, type)
+            and (timeout_ms is None or _positive_ms(timeout_ms))
+            and (retry is None or type(retry) is RetryConfig)
+            and (cap is None or (_is_int(cap) and cap >= 0))
+            and (when is None or callable(when))
+            and type(flags[0]) is bool
+            and type(flags[1]) is bool
+            and type(flags[2]) is bool
+            and (text is None or isinstance(text, str))
+            and (runner is None or (type(runner) is str and runner.strip()))
+            and (type(cache_version) is str or _is_int(cache_version))
+            and (uses is None or not uses or _valid_uses(uses))
             and (
-                (f.batch_size is None and f.buffer is None) or f.pattern is ExecutionPattern.FAN_OUT
+                (batch_size is None and buffer is None)
+                or (
+                    pattern is ExecutionPattern.FAN_OUT
+                    and (batch_size is None or (_is_int(batch_size) and batch_size >= 1))
+                    and (buffer is None or (_is_int(buffer) and buffer >= 1))
+                )
             )
         ):
-            if f.uses:  # a copy: the caller's dict may change, this stage must not
-                object.__setattr__(self, "uses", dict(f.uses))
+            if uses:  # a copy: the caller's dict may change, this stage must not
+                d["uses"] = dict(uses)
             return
         self._check_fields()
 

@@ -8,6 +8,7 @@
     │   ├── StageOutputError     execute() returned something that is not a StageResult
     │   └── CircuitOpenError     an attempt's resource has an open circuit breaker
     ├── PipelineRunError         PipelineResult.raise_for_failure() on a failed run
+    ├── RunNotFinishedError      StreamingRun.result read before its run ended
     ├── CacheError               a cache store failed (SQLiteCache.get/put/...)
     ├── UnfingerprintableError   pipeline.cache.fingerprint(): a value has no stable fingerprint
     ├── OverBudgetError          pipeline.cache.fingerprint(budget=...): more values than allowed
@@ -170,6 +171,25 @@ class PipelineRunError(PipelineError):
             parts.insert(0, result.error)
         detail = "; ".join(parts) or "run did not succeed"
         super().__init__(f"pipeline {result.pipeline_name!r} failed: {detail}")
+
+
+class RunNotFinishedError(PipelineError):
+    """A streamed run has no result yet. Raised by `StreamingRun.result` (`executor.stream`).
+
+    The result exists once the run has ended: after the `async for event in run` loop is
+    exhausted. A block left before that cancelled the run, which then has no result.
+    """
+
+    def __init__(self, pipeline: str, *, cancelled: bool) -> None:
+        self.pipeline = pipeline
+        self.cancelled = cancelled
+        if cancelled:
+            why = "the `async with executor.stream(...)` block was left before it ended"
+            fix = "read every event (`async for event in run`) before leaving the block"
+        else:
+            why = "it is still running"
+            fix = "read `run.result` after `async for event in run` has ended"
+        super().__init__(f"run of pipeline {pipeline!r} has no result: {why}; {fix}")
 
 
 class CacheError(PipelineError):

@@ -5,7 +5,8 @@ lives in `pipeline._dispatch`; the built-in observers live in `pipeline.observer
 
 Every event carries `run_id` and `at_s`, the executor clock's time in seconds since the run
 started (with `FakeClock`, virtual seconds). Stage events carry `stage_id`; events about one
-fan-out item carry `item` (its index), and `lineage_id` names the item like `groups[3]`.
+fan-out item carry `item` (its index), and `lineage_id` names the item like `groups[3]`
+(or, for an item of a stream, like `source:3/map`). `StageFinished` carries the stage's output.
 All payload fields are keyword-only, so fields can be added without breaking anyone.
 
 The order within one stage is: `StageStarted`, then per attempt `AttemptStarted` and, when the
@@ -18,7 +19,7 @@ emits only `StageFinished`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeAlias
 
 from pydantic import Field, TypeAdapter, computed_field
 
@@ -45,11 +46,20 @@ class _StageEvent(_Event):
     """The stage's id."""
     item: int | None = None
     """The fan-out item's index, or None for the stage as a whole."""
+    stream_lineage: str | None = None
+    """For an item that came from a streaming producer: its lineage (see `lineage_id`)."""
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented computed-property form
     @property
     def lineage_id(self) -> str:
-        """`stage` for the stage as a whole, `stage[3]` for fan-out item 3."""
+        """`stage` for the stage as a whole, `stage[3]` for fan-out item 3.
+
+        An item that came from a streaming producer (SPEC 11) is named by where it came from
+        and each streaming stage it passed: `source:3/map/clean` is the fourth item `source`
+        yielded, in stage `clean` after `map` (its `item` is 3 in each of them).
+        """
+        if self.stream_lineage is not None:
+            return self.stream_lineage
         return self.stage_id if self.item is None else f"{self.stage_id}[{self.item}]"
 
 
@@ -188,7 +198,11 @@ class StageFinished(_StageEvent):
     duration_s: float = 0.0
     """Run time of the stage (0 if it never started)."""
     items: int | None = None
-    """For a fan-out stage: how many items its input had."""
+    """For a fan-out stage: how many items its input had (or a stream brought)."""
+    output: Any = Field(default=None, exclude=True, repr=False)
+    """The stage's output when it succeeded and its output is kept (it is in
+    `PipelineResult.outputs`); None otherwise, and for a streaming stage whose items were
+    not collected. Not serialised (`model_dump` leaves it out)."""
 
 
 class RunFinished(_Event):

@@ -26,13 +26,16 @@ import anyio.lowlevel
 
 from pipeline._cancel import raise_unless_stray
 from pipeline._context_run import InContext
-from pipeline._dispatch import EventDispatcher, new_run_id
+from pipeline._dispatch import EventDispatcher, new_run_id, run_observers
 from pipeline._env import RunEnv, current_stage
 from pipeline._flow import resource_issues
 from pipeline._invoke import invoke_stage
 from pipeline._outcome import Outcome
 from pipeline._reporter import NULL_REPORTER, RunReporter
 from pipeline._run import RunState, Scheduling
+from pipeline._stream import run_stream_group
+from pipeline._stream_graph import stream_groups
+from pipeline._stream_run import StreamingRun, open_stream
 from pipeline._text import exception_text, format_ms
 from pipeline.cache._serialize import JsonSerializer
 from pipeline.cache._step import CacheTally
@@ -199,7 +202,9 @@ class PipelineExecutor:
         started = clock.now()
         # Created now, so the run's deadline counts from here and not from when a task starts.
         deadline = None if self.timeout_ms is None else clock.deadline_scope(self.timeout_ms / 1000)
-        bus = EventDispatcher(self.observers, clock=clock) if self.observers else None
+        extra = run_observers.get()  # `stream()`'s own observer of this run
+        observers = self.observers + extra if extra else self.observers
+        bus = EventDispatcher(observers, clock=clock) if observers else None
         clock_token = current_clock.set(clock)
         try:
             if isinstance(clock, AbstractAsyncContextManager):
@@ -322,6 +327,18 @@ class PipelineExecutor:
         reporter.run_finished(result)
         return result
 
+    def stream(
+        self,
+        pipeline: PipelineDefinition,
+        initial_input: Any = None,
+        context: PipelineContext[Any] | None = None,
+    ) -> AbstractAsyncContextManager[StreamingRun]:
+        """`async with executor.stream(pipeline, ...) as run`: read the run's events as they come.
+
+        See `StreamingRun`; leaving the block before the run ended cancels the run.
+        """
+        return open_stream(self, pipeline, initial_input, context)
+
     def run_sync(
         self,
         pipeline: PipelineDefinition,
@@ -360,7 +377,12 @@ class PipelineExecutor:
         env, ctx = run.env, run.context
         clock, reporter = env.clock, env.reporter
         sid = run.take()
+        streams = stream_groups(run.definition)  # one dict lookup: {} when nothing streams
         while sid is not None:
+            if streams and sid in streams:  # a producer: it runs with its streaming consumers
+                await run_stream_group(run, streams[sid])
+                sid = run.take()
+                continue
             t0 = clock.now()
             try:
                 sdef = run.stages[sid]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, final, overload
 
 import anyio.lowlevel
 import anyio.to_thread
@@ -17,7 +17,7 @@ import anyio.to_thread
 from pipeline.result import StageResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import AsyncIterator, Callable, Coroutine
 
     from pipeline.context import PipelineContext
 
@@ -63,6 +63,15 @@ class FunctionStage(Generic[InT, OutT]):
         ```
     """
 
+    @overload
+    def __init__(
+        self: FunctionStage[InT, list[OutT]],
+        fn: Callable[[InT, PipelineContext[Any]], AsyncIterator[OutT]],
+        /,
+        *,
+        name: str | None = None,
+        abandon_on_cancel: bool = False,
+    ) -> None: ...
     @overload
     def __init__(
         self: FunctionStage[InT, OutT],
@@ -115,7 +124,10 @@ class FunctionStage(Generic[InT, OutT]):
         """The wrapped function, unchanged (call it directly in unit tests if you like)."""
         self.abandon_on_cancel = abandon_on_cancel
         """Whether a cancelled run stops waiting for a sync function's thread."""
-        self.is_async = _is_async_callable(fn)
+        self.is_producer = _is_async_generator(fn)
+        """True when `fn` is an async generator function: a streaming producer whose items
+        flow to consumers while it runs (SPEC 11; `execute` called directly collects them)."""
+        self.is_async = self.is_producer or _is_async_callable(fn)
         """True when `fn` is an async function (run on the event loop, not in a thread)."""
         self._name = name if name is not None else _callable_name(fn)
         functools.update_wrapper(self, fn, updated=())  # type: ignore[arg-type]  # callable instances lack __name__ in typeshed; update_wrapper copes
@@ -126,7 +138,14 @@ class FunctionStage(Generic[InT, OutT]):
         return self._name
 
     async def execute(self, input: InT, context: PipelineContext[Any], /) -> StageResult[OutT]:
-        """Call the function (in a worker thread if it is sync) and wrap its return value."""
+        """Call the function (in a worker thread if it is sync) and wrap its return value.
+
+        For an async generator function (a producer) this collects its items into a list; a
+        `PipelineExecutor` streams them instead.
+        """
+        if self.is_producer:
+            items = [item async for item in self.fn(input, context)]
+            return StageResult.success(cast("OutT", items))
         if self.is_async:
             returned = await self.fn(input, context)
         else:
@@ -151,6 +170,10 @@ class StageDecorator(Protocol):
 
     @overload
     def __call__(
+        self, fn: Callable[[InT, PipelineContext[Any]], AsyncIterator[OutT]], /
+    ) -> FunctionStage[InT, list[OutT]]: ...
+    @overload
+    def __call__(
         self, fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, StageResult[OutT]]], /
     ) -> FunctionStage[InT, OutT]: ...
     @overload
@@ -167,6 +190,10 @@ class StageDecorator(Protocol):
     ) -> FunctionStage[InT, OutT]: ...
 
 
+@overload
+def stage(
+    fn: Callable[[InT, PipelineContext[Any]], AsyncIterator[OutT]], /
+) -> FunctionStage[InT, list[OutT]]: ...
 @overload
 def stage(
     fn: Callable[[InT, PipelineContext[Any]], Coroutine[Any, Any, StageResult[OutT]]], /
@@ -229,6 +256,15 @@ def _is_async_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004  # an object with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _is_async_generator(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isasyncgenfunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004  # an object with an async-generator __call__
+    return call is not None and inspect.isasyncgenfunction(call)
 
 
 def _callable_name(fn: object) -> str:

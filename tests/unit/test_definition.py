@@ -416,3 +416,34 @@ def test_entry_that_is_not_a_stage_definition_is_a_definition_error() -> None:
     assert caught.value.field == "stages[0]"
     assert "is an instance of Bare, not a StageDefinition" in str(caught.value)
     assert 'StageDefinition("some_id", <the Bare>)' in str(caught.value)
+
+
+def test_init_signature_matches_the_dataclass_fields() -> None:
+    """`StageDefinition.__init__` is written by hand (for speed): same names, order, defaults."""
+    import dataclasses
+    import inspect
+
+    params = list(inspect.signature(StageDefinition.__init__).parameters.values())[1:]
+    fields = [f for f in dataclasses.fields(StageDefinition) if f.init]
+    assert [p.name for p in params] == [f.name for f in fields]
+    for p, f in zip(params, fields, strict=True):
+        if f.default is not dataclasses.MISSING:
+            assert p.default == f.default, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert p.default is None, f.name  # None stands for a fresh default_factory() value
+        else:
+            assert p.default is inspect.Parameter.empty, f.name
+        assert (p.kind is inspect.Parameter.KEYWORD_ONLY) == f.kw_only, f.name
+
+
+def test_replace_and_equality_survive_the_hand_written_init() -> None:
+    import dataclasses
+
+    first = StageDefinition("a", Echo(), inputs=["x"], uses={"api": 2})
+    second = dataclasses.replace(first, timeout_ms=5.0)
+    assert second.inputs == ("x",)
+    assert second.uses == {"api": 2}
+    assert second.timeout_ms == 5.0
+    assert dataclasses.replace(second, timeout_ms=None) == first
+    assert StageDefinition("b", Echo()).uses == {}
+    assert StageDefinition("b", Echo()).uses is not StageDefinition("c", Echo()).uses

@@ -86,7 +86,7 @@ class EventLog:
     def item_finished(self, stage_id: str, item: int, outcome: Outcome) -> None:
         self.calls.append(("item_finished", stage_id, item, outcome.result.status))
 
-    def stage_finished(self, record: StageRun) -> None:
+    def stage_finished(self, record: StageRun, output: Any = None) -> None:
         self.calls.append(("stage_finished", record.stage_id))
 
     def run_finished(self, result: object) -> None:

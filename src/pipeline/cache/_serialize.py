@@ -6,6 +6,7 @@ Keys live in `pipeline.cache._key`; stores only ever see bytes.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import functools
@@ -190,7 +191,20 @@ def return_type_of(fn: Any) -> Any:
         ret = typing.get_type_hints(target).get("return", Any)
     except Exception:  # noqa: BLE001  # unresolvable annotations: plain JSON values
         return Any
-    return _result_arg(ret) if _is_result_type(ret) else _concrete(ret)
+    if _is_result_type(ret):
+        return _result_arg(ret)
+    if typing.get_origin(ret) in _STREAMS and inspect.isasyncgenfunction(target):
+        # A producer's (an async generator's) items, collected: what list consumers receive.
+        return list[_concrete(typing.get_args(ret)[0])]  # type: ignore[misc]  # a runtime type expression
+    return _concrete(ret)
+
+
+_STREAMS: Final = (
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncIterable,
+    collections.abc.AsyncGenerator,
+)
+"""Return annotations of an async generator function (SPEC 11 producers)."""
 
 
 def _is_result_type(tp: Any) -> TypeGuard[type[StageResult[Any]]]:

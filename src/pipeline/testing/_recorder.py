@@ -227,7 +227,7 @@ def record_run(
     `SubPipeline` are recorded too, with ids `"<subpipeline stage id>/<child stage id>"`.
 
     The copy validates, caches and fingerprints like `definition`: a stage without an
-    `async def execute` is left as it is (validation then reports it exactly as for the
+    `async def execute` (or a streaming producer, SPEC 11) is left as it is (validation then reports it exactly as for the
     original, and it leaves no records), and a recorded stage hits the cache entries of the
     original and vice versa.
 
@@ -276,4 +276,6 @@ def _is_async_stage(stage: object) -> bool:
         execute = getattr(stage, "execute", None)
     except Exception:  # noqa: BLE001  # a raising property: left for validation to meet as is
         return False
+    if getattr(stage, "is_producer", False) is True:
+        return False  # an `@stage` producer streams its items: a wrapper would collect them
     return callable(execute) and inspect.iscoroutinefunction(execute)

@@ -1,0 +1,209 @@
+"""Which stages stream: producers, their streaming consumers, and the groups they run in.
+
+A *producer* is a stage whose `execute` is an async generator (or an `@stage` async generator
+function). A *streaming consumer* of a producer is a stage whose only input is that producer
+and that is either a FAN_OUT (it maps over items as they arrive, and is itself a producer for
+its own streaming consumers) or annotated to receive `AsyncIterator[T]` / `AsyncIterable[T]`.
+A producer that is not itself a streaming consumer is the *root* of a group: the root and every
+streaming consumer reachable from it run together, in one task group (`pipeline._stream`).
+
+This module only reads definitions (no anyio); the group is found once per definition and kept
+on it, so a definition in which nothing streams costs one dict lookup per worker.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from pipeline._wrapped import unwrap_stage
+from pipeline.definition import ExecutionPattern
+from pipeline.functions import FunctionStage
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+    from pipeline.context import PipelineContext
+    from pipeline.definition import PipelineDefinition, StageDefinition
+
+NodeKind = Literal["source", "map", "iter"]
+"""`source`: an async generator stage; `map`: a FAN_OUT over a stream; `iter`: a stage given an
+async iterator over a stream."""
+
+ITERATOR_BUFFER: Final = 8
+"""Items that may wait for a stage reading its input as an `AsyncIterator` (it has no
+`buffer=`, which is FAN_OUT only)."""
+
+_STREAMS_ATTR: Final = "__pipeline_streams__"
+"""Where `stream_groups` keeps its answer on the `PipelineDefinition` (not a field)."""
+
+_ITERATOR_ORIGINS: Final = (collections.abc.AsyncIterator, collections.abc.AsyncIterable)
+_ITERATOR_TEXT: Final = re.compile(
+    r"^\s*['\"]?(?:(?:collections\.abc|typing|abc|t)\.)?Async(?:Iterator|Iterable)\b"
+)
+"""An `AsyncIterator[...]` / `AsyncIterable[...]` annotation kept as text (unresolvable)."""
+
+
+@dataclass(slots=True, eq=False)
+class StreamNode:
+    """One stage of a streaming group."""
+
+    sid: str
+    kind: NodeKind
+    producer: str | None
+    """The node it consumes (None for the root)."""
+    consumers: list[str] = field(default_factory=list)
+    """Its streaming consumers, in definition order."""
+    retain: bool = True
+    """Whether its outputs are collected into a list: it has a consumer that does not stream
+    (or none at all). Otherwise its result's output is None and nothing is kept."""
+
+
+@dataclass(slots=True, eq=False)
+class StreamGroup:
+    """A producer that is not itself a streaming consumer, and every node streaming from it."""
+
+    root: str
+    nodes: dict[str, StreamNode]
+    """Root first, then each consumer after its producer."""
+
+    def descendants(self, sid: str) -> list[str]:
+        """The nodes streaming (directly or not) from `sid`."""
+        out: list[str] = []
+        stack = list(self.nodes[sid].consumers)
+        while stack:
+            nxt = stack.pop()
+            out.append(nxt)
+            stack.extend(self.nodes[nxt].consumers)
+        return out
+
+
+def producer_body(
+    stage: object,
+) -> Callable[[Any, PipelineContext[Any]], AsyncIterator[Any]] | None:
+    """The async generator function a producer stage yields its items from, else None."""
+    if isinstance(stage, FunctionStage):
+        fn: Any = stage.fn
+        return fn if stage.is_producer else None
+    execute = getattr(stage, "execute", None)
+    if execute is not None and inspect.isasyncgenfunction(execute):
+        body: Callable[[Any, PipelineContext[Any]], AsyncIterator[Any]] = execute
+        return body
+    return None
+
+
+def is_producer(sdef: StageDefinition) -> bool:
+    """`sdef` streams items out of an async generator (FAN_OUT stages map; they never are)."""
+    return sdef.pattern is not ExecutionPattern.FAN_OUT and producer_body(sdef.stage) is not None
+
+
+def streams_out(sdef: StageDefinition, by_id: Mapping[str, StageDefinition]) -> bool:
+    """`sdef` hands its items on while it runs: a producer, or a FAN_OUT over a stream."""
+    seen = 0
+    while sdef.pattern is ExecutionPattern.FAN_OUT and seen < len(by_id):
+        if len(sdef.inputs) != 1 or sdef.inputs[0] not in by_id:
+            return False
+        sdef, seen = by_id[sdef.inputs[0]], seen + 1
+    return is_producer(sdef)
+
+
+def wants_iterator(stage: object) -> bool:
+    """The stage's input is annotated `AsyncIterator[T]` or `AsyncIterable[T]` (or as text)."""
+    stage = unwrap_stage(stage)
+    if isinstance(stage, FunctionStage):
+        fn: Any = stage.fn
+        skip_self = False
+    else:
+        fn = getattr(type(stage), "execute", None)
+        skip_self = True
+    if fn is None:
+        return False
+    try:
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return False
+    if len(params) <= int(skip_self):
+        return False
+    param = params[int(skip_self)]
+    raw = param.annotation
+    if raw is inspect.Parameter.empty:
+        return False
+    if isinstance(raw, str):
+        try:
+            target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else fn.__call__
+            raw = typing.get_type_hints(target).get(param.name, raw)
+        except Exception:  # noqa: BLE001  # unresolvable: read the text
+            return bool(_ITERATOR_TEXT.match(raw))
+        if isinstance(raw, str):
+            return bool(_ITERATOR_TEXT.match(raw))
+    return is_iterator_type(raw)
+
+
+def is_iterator_type(tp: Any) -> bool:
+    """`tp` is `AsyncIterator[T]` / `AsyncIterable[T]` (typing or collections.abc, bare or not)."""
+    origin = typing.get_origin(tp) or tp
+    return origin in _ITERATOR_ORIGINS
+
+
+def stream_groups(definition: PipelineDefinition) -> Mapping[str, StreamGroup]:
+    """The streaming groups of a valid definition, by root id (empty when nothing streams)."""
+    kept: Mapping[str, StreamGroup] | None = definition.__dict__.get(_STREAMS_ATTR)
+    if kept is None:
+        kept = _find_groups(definition)
+        definition.__dict__[_STREAMS_ATTR] = kept
+    return kept
+
+
+def _find_groups(definition: PipelineDefinition) -> dict[str, StreamGroup]:
+    plan = definition.plan
+    stages = {s.id: s for s in definition.stages}
+    sources = [sid for sid in plan.order if is_producer(stages[sid])]
+    if not sources:
+        return {}
+    groups: dict[str, StreamGroup] = {}
+    owner: dict[str, StreamGroup] = {}
+    for root in sources:
+        group = StreamGroup(root, {root: StreamNode(root, "source", None)})
+        groups[root] = group
+        owner[root] = group
+    for sid in plan.order:  # producers come before their consumers
+        found = owner.get(sid)
+        if found is None:
+            continue
+        group = found
+        node = group.nodes[sid]
+        if node.kind == "iter":
+            continue  # it consumes a stream; what it returns is one value
+        successors = tuple(dict.fromkeys(plan.successors[sid]))
+        streaming = 0
+        for succ in successors:
+            consumer = stages[succ]
+            kind = _consumer_kind(consumer, sid)
+            if kind is None:
+                continue
+            streaming += 1
+            node.consumers.append(succ)
+            group.nodes[succ] = StreamNode(succ, kind, sid)
+            owner[succ] = group  # an iter node is recorded, not expanded (see above)
+        node.retain = streaming < len(successors) or not successors
+    return groups
+
+
+def _consumer_kind(consumer: StageDefinition, producer: str) -> NodeKind | None:
+    if tuple(consumer.inputs) != (producer,):
+        return None  # several inputs: it gets the collected values, when all are done
+    if consumer.pattern is ExecutionPattern.FAN_OUT:
+        return "map"
+    if is_producer(consumer):
+        return None  # a producer of its own: a new group, fed the collected list
+    if wants_iterator(consumer.stage):
+        return "iter"
+    return None
