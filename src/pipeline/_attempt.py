@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, final
 from pipeline._cancel import is_cancellation, must_propagate, raise_unless_stray
 from pipeline._env import run_reporter
 from pipeline._model import copy_with
-from pipeline._outcome import Outcome
+from pipeline._outcome import AttemptRecord, Outcome
 from pipeline._retry import will_retry
 from pipeline._text import exception_text
 from pipeline.errors import StageOutputError, StageTimeoutError
@@ -80,7 +80,7 @@ def execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
     # A runner that sends work to another process (`RemoteRunner`) gives its own way to call.
     remote = None if run_inline else getattr(runner, "attempt_caller", None)
     if remote is not None:
-        return _remote_execute_link(sdef, remote(sdef))
+        return _remote_execute_link(sdef, remote(sdef), env)
 
     async def execute(call: AttemptCall) -> Outcome:
         returned: object
@@ -105,19 +105,32 @@ def execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
 
 
 def _remote_execute_link(
-    sdef: StageDefinition, remote: Callable[[AttemptCall], Awaitable[object]]
+    sdef: StageDefinition, remote: Callable[[AttemptCall], Awaitable[object]], env: RunEnv
 ) -> Handler:
-    """`execute_link` for a runner in another process: the outcome says if its work stopped."""
-    sid = sdef.id
+    """`execute_link` for a runner in another process: the outcome says if its work stopped.
+
+    An attempt the run cuts short (fail-fast, a cancel, the pipeline's timeout) is noted in
+    `env.cut_short`, so the stage's record still has it, with whether its work stopped.
+    """
+    sid, clock = sdef.id, env.clock
 
     async def execute_remote(call: AttemptCall) -> Outcome:
         returned: object
+        t0 = clock.now()
         try:
             returned = await remote(call)
         except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
             outcome = failed(sid, exc, call.attempt)
         except BaseException as exc:  # noqa: BLE001  # re-raised unless it is the stage's failure
-            await raise_if_not_a_failure(exc)
+            try:
+                await raise_if_not_a_failure(exc)
+            except BaseException:
+                if call.item is None:  # items have no attempt records
+                    cut = AttemptRecord(
+                        call.attempt, 0.0, t0, clock.now(), "cancelled", 0.0, REMOTE_STOPPED.get()
+                    )
+                    env.cut_short.setdefault(sid, []).append(cut)
+                raise
             outcome = failed(sid, exc, call.attempt)
         else:
             if not isinstance(returned, StageResult):

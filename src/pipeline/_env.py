@@ -17,6 +17,7 @@ from pipeline.cache._step import StageCache
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from pipeline._outcome import AttemptRecord
     from pipeline._reporter import Reporter
     from pipeline.cache._serialize import Serializer
     from pipeline.cache._step import CacheTally
@@ -50,6 +51,9 @@ class RunEnv:
     outputs: Mapping[str, Any] = field(default_factory=dict)
     """The outputs of the stages that succeeded so far (the run state's dict, read-only here;
     conditions that ask for them read it: `CONDITION_ARGS_ATTR`)."""
+    cut_short: dict[str, list[AttemptRecord]] = field(default_factory=dict)
+    """Attempts on a remote runner that the run cancelled (fail-fast, a cancel, its timeout),
+    by stage: they go on the cancelled stage's record, with whether their work stopped."""
     steps: dict[str, list[StepRun]] = field(default_factory=dict)
     """Durable steps (`context.step`) each stage made, in the order they ended (mutable: the
     one per-run log in this otherwise fixed value; they go on the stages' run records)."""

@@ -199,6 +199,10 @@ class RunState:
         started_ms = None if t0 is None else (t0 - base) * 1000
         duration_ms = 0.0 if t0 is None or t1 is None else (t1 - t0) * 1000
         log = outcome.attempt_log
+        attempts = outcome.attempts
+        if log is None and self.env.cut_short:  # a remote attempt the run cut short
+            log = self.env.cut_short.pop(sid, None)
+            attempts = len(log) if log else attempts
         if log is None:
             attempt_runs: tuple[AttemptRun, ...] = ()
         elif len(log) == 1:
@@ -214,7 +218,7 @@ class RunState:
             {
                 "stage_id": sid,
                 "status": result.status,
-                "attempts": outcome.attempts,
+                "attempts": attempts,
                 "started_ms": started_ms,
                 "finished_ms": None if t1 is None else (t1 - base) * 1000,
                 "duration_ms": duration_ms,
