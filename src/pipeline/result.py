@@ -8,7 +8,7 @@ here at runtime).
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, Protocol, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,9 @@ class StageStatus(enum.StrEnum):
 
 
 _SUCCESS_STATUSES = frozenset({StageStatus.SUCCEEDED, StageStatus.SKIPPED})
+_SUCCEEDED: Final = StageStatus.SUCCEEDED
+"""Read on every stage's return path: a module global costs 0.03 us, `StageStatus.SUCCEEDED`
+(an enum member through its class) 0.13."""
 
 
 class _SuccessConstructor(Protocol):
@@ -62,6 +65,9 @@ class _SuccessField:
     def __get__(self, obj: object, owner: type[Any]) -> Any:
         if obj is not None:  # pragma: no cover - the instance __dict__ shadows this
             return obj.__dict__["success"]
+        made = _constructors.get(owner)
+        if made is not None:  # one constructor per class (making it cost ~0.25 us a stage)
+            return made
         if "__pydantic_fields__" not in owner.__dict__ and "model_fields" not in owner.__dict__:
             # pydantic is building a parametrised subclass (StageResult[int]) and asks for the
             # field's default: there is none, so the constructor must not become one. (The
@@ -85,7 +91,7 @@ class _SuccessField:
                         "output": output,
                         "error": None,
                         "metadata": {} if metadata is None else dict(metadata),
-                        "status": StageStatus.SUCCEEDED,
+                        "status": _SUCCEEDED,
                     },
                 )
             return owner(
@@ -96,7 +102,12 @@ class _SuccessField:
                 status=StageStatus.SUCCEEDED,
             )
 
+        _constructors[owner] = success
         return success
+
+
+_constructors: dict[type[Any], Any] = {}
+"""`StageResult.success` per class (the class and each parametrised `StageResult[X]`)."""
 
 
 class StageResult(BaseModel, Generic[T]):
