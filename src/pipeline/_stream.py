@@ -16,8 +16,11 @@ in `send` with one more. So a producer is never more than `buffer + max_concurre
 items ahead of what its consumer has finished, and memory stays flat however many items pass.
 
 Failures are fail-fast both ways: a stage that fails cancels the stages streaming from it and,
-when it is critical, the rest of its group (its producer too). Scheduling, fail-fast across the
-run and the run records stay in `pipeline._run` / `pipeline.executor`.
+when it is critical, the rest of its group (its producer too). A producer none of whose
+consumers is left (returned early, skipped, failed non-critical) and whose items nothing
+collects is stopped and succeeds. A producer's attempts run inside its `uses=` resources and
+the executor's middleware, like any attempt. Scheduling, fail-fast across the run and the run
+records stay in `pipeline._run` / `pipeline.executor`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import anyio.lowlevel
 from pipeline._attempt import AttemptCall, failed, raise_if_not_a_failure
 from pipeline._chain import build_chain
 from pipeline._env import current_item, current_lineage, current_stage
+from pipeline._flow import middleware_links, resources_link
 from pipeline._invoke import condition_holds, invoke_one
 from pipeline._outcome import AttemptRecord, Outcome
 from pipeline._retry import will_retry, with_retry
@@ -77,6 +81,10 @@ class _Live:
     ended: bool = False
     cancel_reason: str | None = None
     skip_reason: str | None = None
+    drain: anyio.CancelScope | None = None
+    """Around making and handing on items; cancelled when no consumer is left."""
+    drained: bool = False
+    """No consumer is left and nothing collects its items (`_GroupRun._drain_if_unread`)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -84,6 +92,7 @@ class _MapTally:
     failures: dict[int, Outcome] = field(default_factory=dict)
     max_attempts: int = 0
     cached: int = 0
+    received: int = 0
 
 
 def buffer_of(sdef: StageDefinition, kind: str) -> float:
@@ -167,7 +176,7 @@ class _GroupRun:
         outcome: Outcome | None = None
         with lv.scope:
             kind = lv.node.kind
-            if kind == "source":
+            if kind in ("source", "pipe"):
                 outcome = await self._source(lv)
             elif kind == "map":
                 outcome = await self._map(lv)
@@ -190,6 +199,7 @@ class _GroupRun:
         if lv.receive is not None:
             lv.receive.close()  # its producer stops sending to it (and is not held back by it)
         status = outcome.result.status
+        doomed: list[_Live] = []
         if status is StageStatus.SUCCEEDED:
             for send in lv.sends:
                 send.close()  # its consumers see the end of the stream
@@ -201,18 +211,40 @@ class _GroupRun:
             for send in lv.sends:
                 send.close()  # an iterator consumer reads an empty stream
         else:
-            for cid in self.group.descendants(sid):
-                self._stop(self.live[cid], cancel=f"producer {sid!r} failed")
+            below = set(self.group.descendants(sid))
+            doomed = [other for oid, other in self.live.items() if oid in below]
+            for other in doomed:
+                self._stop(other, cancel=f"producer {sid!r} failed")
             if lv.sdef.critical:
                 for other in self.live.values():
                     self._stop(other, cancel=f"consumer {sid!r} failed")
+        if lv.node.producer is not None:
+            self._drain_if_unread(self.live[lv.node.producer])
         run = self.run
         run.in_flight.discard(sid)
         run.finish(sid, outcome, lv.t0, self.env.clock.now())
+        # Recorded now, in group order, rather than when each task gets to run: the same
+        # reasons on either backend (the run's own reason when this failure stopped it).
+        for other in doomed:
+            reason = run.stop_reason if run.stop_kind is not None else other.cancel_reason
+            cancelled = StageResult.cancelled(reason or "cancelled", stage_name=other.node.sid)
+            self.end(other, Outcome(cancelled, 0), release=False)
         if release:
             run.launch_ready()
             if run.queue and not run.helper_pending:
                 run.spawn_worker()  # this worker is busy with the group
+
+    def _drain_if_unread(self, producer: _Live) -> None:
+        """No consumer of `producer` is left and nothing collects its items: stop making them.
+
+        Its generator is closed (its `finally` runs) and it ends as succeeded (output None).
+        """
+        if producer.ended or producer.collected is not None or producer.scope.cancel_called:
+            return
+        if all(self.live[cid].ended for cid in producer.node.consumers):
+            producer.drained = True
+            if producer.drain is not None:
+                producer.drain.cancel()
 
     def _stop(self, lv: _Live, *, cancel: str | None = None, skip: str | None = None) -> None:
         if lv.ended or lv.scope.cancel_called:
@@ -231,6 +263,8 @@ class _GroupRun:
     async def _emit(self, lv: _Live, index: int, lineage: str, value: Any) -> None:
         item = (index, lineage, value)
         gone: list[MemoryObjectSendStream[Item]] | None = None
+        if not lv.sends:  # `send` is a checkpoint; without one a busy generator is uncancellable
+            await anyio.lowlevel.checkpoint()
         for send in lv.sends:
             try:
                 await send.send(item)
@@ -279,21 +313,30 @@ class _GroupRun:
 
     # -- the three kinds of stage ----------------------------------------------------------------
     async def _source(self, lv: _Live) -> Outcome:
+        """A producer (or a pipe, fed the stream of its input) and its attempts."""
         sdef, sid = lv.sdef, lv.node.sid
-        value = self.run.input_of(sdef)
-        skipped = await self._condition(lv, value)
+        pipe = lv.node.kind == "pipe"
+        if pipe:
+            assert lv.receive is not None  # a consumer is always fed
+            value: Any = StreamIterator(lv.receive)
+        else:
+            value = self.run.input_of(sdef)
+        skipped = await self._condition(lv, None if pipe else value)
         if skipped is not None:
             return skipped
         body = producer_body(sdef.stage)
         assert body is not None  # only producers are sources
-        clock, reporter, config = self.env.clock, self.env.reporter, sdef.retry_config
+        clock, reporter = self.env.clock, self.env.reporter
+        # A pipe that ran has read items of its input stream: a second run would not see them.
+        config = None if pipe else sdef.retry_config
+        handler = self._producer_chain(lv, body)
         log: list[AttemptRecord] = []
         backoff = 0.0
 
         async def attempt(n: int) -> Outcome:
             t0 = clock.now()
             reporter.attempt_started(sid, None, n)
-            outcome = await self._produce(lv, body, value, n)
+            outcome = await handler(AttemptCall(sid, None, n, value, self.ctx))
             if not outcome.result.success:
                 if lv.count and config is not None and n < config.max_attempts:
                     outcome.retry_decision = False
@@ -317,9 +360,27 @@ class _GroupRun:
         outcome.attempt_log = log
         outcome.items = lv.count
         if outcome.result.success:
-            meta = {"streamed_items": lv.count}
+            meta: dict[str, Any] = {"streamed_items": lv.count}
+            if lv.drained:
+                meta["stopped_early"] = True
             outcome.result = StageResult.success(self._output(lv), stage_name=sid, metadata=meta)
         return outcome
+
+    def _producer_chain(
+        self, lv: _Live, body: Callable[[Any, PipelineContext[Any]], AsyncIterator[Any]]
+    ) -> Handler:
+        """One run of the generator inside the stage's `uses=` resources and middleware."""
+
+        async def produce(call: AttemptCall) -> Outcome:
+            return await self._produce(lv, body, call.input, call.attempt)
+
+        sdef, env = lv.sdef, self.env
+        handler: Handler = produce
+        if sdef.uses:
+            handler = resources_link(sdef, env, handler)
+        if env.middleware:
+            handler = middleware_links(sdef, env, handler)
+        return handler
 
     async def _produce(
         self,
@@ -333,15 +394,20 @@ class _GroupRun:
         scope = (
             anyio.CancelScope() if timeout_ms is None else clock.deadline_scope(timeout_ms / 1000)
         )
+        lv.drain = drain = anyio.CancelScope()
+        if lv.drained:
+            drain.cancel()
+        t0 = clock.now()
         try:
             with scope:
                 agen = body(value, self.ctx)
                 try:
-                    async for item in agen:
-                        index = lv.count
-                        await self._emit(lv, index, f"{sid}:{index}", item)
-                        if index == 0:
-                            await self._first_item_taken(lv)
+                    with drain:  # cancelled: no consumer is left, stop (a success)
+                        async for item in agen:
+                            index = lv.count
+                            await self._emit(lv, index, f"{sid}:{index}", item)
+                            if index == 0:
+                                await self._first_item_taken(lv)
                 finally:
                     # Cancelled while handing an item on, the generator is parked at its
                     # `yield`: close it now so its `finally` runs before the run ends.
@@ -352,7 +418,10 @@ class _GroupRun:
         except BaseException as exc:  # noqa: BLE001  # re-raised unless it is the stage's failure
             await raise_if_not_a_failure(exc)
             return failed(sid, exc, n)
-        if timeout_ms is not None and scope.cancelled_caught:
+        # Overrun without reaching a checkpoint, it was never interrupted: a timeout all the same.
+        if timeout_ms is not None and (
+            scope.cancelled_caught or clock.now() - t0 > timeout_ms / 1000
+        ):
             late = StageTimeoutError(sid, n, timeout_ms, None)
             return failed(sid, late, n, str(late))
         return Outcome(StageResult.success(None, stage_name=sid), n)
@@ -364,14 +433,43 @@ class _GroupRun:
             return skipped
         chain = build_chain(sdef, self.env)
         cache = self.run.caches.get(sid) if self.run.caches else None
+        tally = _MapTally()
+        lv.drain = drain = anyio.CancelScope()
+        if lv.drained:
+            drain.cancel()
+        with drain:  # cancelled: no consumer is left, stop (a success)
+            await self._map_items(lv, tally, chain, cache)
+        if tally.failures:
+            failed_items = sorted(tally.failures)
+            first = tally.failures[failed_items[0]]
+            error = (
+                f"FAN_OUT item(s) {failed_items} of {tally.received} received so far failed: "
+                f"{first.result.error}"
+            )
+            meta: dict[str, Any] = {"failed_items": failed_items}
+            result = StageResult.failure(error, stage_name=sid, metadata=meta)
+            return Outcome(result, tally.max_attempts, first.exception, lv.count)
+        metadata: dict[str, Any] = {"fan_out_items": lv.count, "streamed_items": lv.count}
+        if cache is not None:
+            metadata["cached_items"] = tally.cached
+        if lv.drained:
+            metadata["stopped_early"] = True
+        result = StageResult.success(self._output(lv), stage_name=sid, metadata=metadata)
+        cached = lv.count > 0 and tally.cached == lv.count
+        return Outcome(result, tally.max_attempts, None, lv.count, cached=cached)
+
+    async def _map_items(
+        self, lv: _Live, tally: _MapTally, chain: Handler, cache: StageCache | None
+    ) -> None:
+        """Each item through the stage as it arrives, at most `max_concurrent_fan_out` at once."""
         receive = lv.receive
         assert receive is not None  # a consumer is always fed
-        tally = _MapTally()
-        cap = sdef.max_concurrent_fan_out
+        cap = lv.sdef.max_concurrent_fan_out
         async with anyio.create_task_group() as tg:
 
             async def worker() -> None:
                 async for index, lineage, value in receive:
+                    tally.received += 1
                     if not await self._item(lv, tg, tally, chain, cache, index, lineage, value):
                         return
 
@@ -380,23 +478,8 @@ class _GroupRun:
                     tg.start_soon(worker)
             else:  # unlimited: a task per item as it arrives
                 async for index, lineage, value in receive:
+                    tally.received += 1
                     tg.start_soon(self._item, lv, tg, tally, chain, cache, index, lineage, value)
-        if tally.failures:
-            failed_items = sorted(tally.failures)
-            first = tally.failures[failed_items[0]]
-            error = (
-                f"FAN_OUT item(s) {failed_items} of {lv.count + len(failed_items)} streamed so "
-                f"far failed: {first.result.error}"
-            )
-            meta: dict[str, Any] = {"failed_items": failed_items}
-            result = StageResult.failure(error, stage_name=sid, metadata=meta)
-            return Outcome(result, tally.max_attempts, first.exception, lv.count)
-        metadata: dict[str, Any] = {"fan_out_items": lv.count, "streamed_items": lv.count}
-        if cache is not None:
-            metadata["cached_items"] = tally.cached
-        result = StageResult.success(self._output(lv), stage_name=sid, metadata=metadata)
-        cached = lv.count > 0 and tally.cached == lv.count
-        return Outcome(result, tally.max_attempts, None, lv.count, cached=cached)
 
     async def _item(
         self,

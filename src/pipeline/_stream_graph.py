@@ -3,7 +3,8 @@
 A *producer* is a stage whose `execute` is an async generator (or an `@stage` async generator
 function). A *streaming consumer* of a producer is a stage whose only input is that producer
 and that is either a FAN_OUT (it maps over items as they arrive, and is itself a producer for
-its own streaming consumers) or annotated to receive `AsyncIterator[T]` / `AsyncIterable[T]`.
+its own streaming consumers) or annotated to receive `AsyncIterator[T]` / `AsyncIterable[T]`
+(when it is itself an async generator, a *pipe*, its own items stream on in turn).
 A producer that is not itself a streaming consumer is the *root* of a group: the root and every
 streaming consumer reachable from it run together, in one task group (`pipeline._stream`).
 
@@ -22,17 +23,19 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pipeline._wrapped import unwrap_stage
 from pipeline.definition import ExecutionPattern
+from pipeline.errors import ValidationIssue
 from pipeline.functions import FunctionStage
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
+    from pipeline._validation import Scope
     from pipeline.context import PipelineContext
     from pipeline.definition import PipelineDefinition, StageDefinition
 
-NodeKind = Literal["source", "map", "iter"]
+NodeKind = Literal["source", "map", "iter", "pipe"]
 """`source`: an async generator stage; `map`: a FAN_OUT over a stream; `iter`: a stage given an
-async iterator over a stream."""
+async iterator over a stream; `pipe`: an async generator stage given one (its items stream on)."""
 
 ITERATOR_BUFFER: Final = 8
 """Items that may wait for a stage reading its input as an `AsyncIterator` (it has no
@@ -186,7 +189,9 @@ def stream_groups(definition: PipelineDefinition) -> Mapping[str, StreamGroup]:
 def _find_groups(definition: PipelineDefinition) -> dict[str, StreamGroup]:
     plan = definition.plan
     stages = {s.id: s for s in definition.stages}
-    sources = [sid for sid in plan.order if is_producer(stages[sid])]
+    sources = [
+        sid for sid in plan.order if is_producer(stages[sid]) and not is_pipe(stages[sid], stages)
+    ]
     if not sources:
         return {}
     groups: dict[str, StreamGroup] = {}
@@ -223,8 +228,68 @@ def _consumer_kind(consumer: StageDefinition, producer: str) -> NodeKind | None:
         return None  # several inputs: it gets the collected values, when all are done
     if consumer.pattern is ExecutionPattern.FAN_OUT:
         return "map"
-    if is_producer(consumer):
-        return None  # a producer of its own: a new group, fed the collected list
     if wants_iterator(consumer.stage):
-        return "iter"
-    return None
+        return "pipe" if is_producer(consumer) else "iter"
+    return None  # a producer of its own is a new group, fed the collected list
+
+
+def is_pipe(sdef: StageDefinition, by_id: Mapping[str, StageDefinition]) -> bool:
+    """`sdef` is an async generator reading its only input, a stream, as an `AsyncIterator`."""
+    inputs = sdef.inputs
+    return (
+        len(inputs) == 1
+        and inputs[0] in by_id
+        and sdef.pattern is not ExecutionPattern.FAN_OUT
+        and wants_iterator(sdef.stage)
+        and streams_out(by_id[inputs[0]], by_id)
+    )
+
+
+def stream_resource_issues(scope: Scope) -> Iterator[ValidationIssue]:
+    """Stages streaming together that share a `uses=` resource one of them holds throughout.
+
+    A producer, a pipe or an iterator consumer holds its resources for its whole stream; a
+    stage streaming with it (upstream, downstream or beside it) that needs the same resource
+    can wait for it forever while the holder waits for that stage's items: a deadlock whenever
+    the capacity is short. Validation cannot see capacities, so any such pair is an issue.
+    """
+    stages = scope.stages
+    if all(not s.uses for s in stages):
+        return
+    by_id = {s.id: s for s in stages}
+    members: dict[str, list[StageDefinition]] = {}
+    for s in stages:
+        if s.uses:
+            members.setdefault(_stream_root(s, by_id), []).append(s)
+    for group in members.values():
+        for i, first in enumerate(group):
+            for second in group[i + 1 :]:
+                holders = [x for x in (first, second) if x.pattern is not ExecutionPattern.FAN_OUT]
+                shared = sorted(set(first.uses) & set(second.uses))
+                if not holders or not shared:
+                    continue
+                holder = holders[0]
+                other = second if holder is first else first
+                yield ValidationIssue(
+                    code="resource_weight",
+                    stage_id=holder.id,
+                    message=(
+                        f"Stages {holder.id!r} and {other.id!r} stream together and both use "
+                        f"resource {shared[0]!r}; {holder.id!r} holds it for its whole stream, "
+                        f"so {other.id!r} may wait for it forever (a deadlock); give one of them "
+                        f"another resource, or acquire it per item inside {holder.id!r} with "
+                        f"context.acquire({shared[0]!r})"
+                    ),
+                )
+
+
+def _stream_root(sdef: StageDefinition, by_id: Mapping[str, StageDefinition]) -> str:
+    """The root producer `sdef` streams from (itself when it does not stream from one)."""
+    seen = {sdef.id}
+    while len(sdef.inputs) == 1 and (up := by_id.get(sdef.inputs[0])) is not None:
+        streaming = sdef.pattern is ExecutionPattern.FAN_OUT or wants_iterator(sdef.stage)
+        if not streaming or up.id in seen or not streams_out(up, by_id):
+            break
+        seen.add(up.id)
+        sdef = up
+    return sdef.id

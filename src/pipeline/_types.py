@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
 from pydantic import BaseModel
 
-from pipeline._stream_graph import streams_out
+from pipeline._stream_graph import stream_resource_issues, streams_out
 from pipeline._validation import has_async_execute, register_late_rule
 from pipeline._wrapped import unwrap_stage
 from pipeline.cache._serialize import output_type_of
@@ -534,6 +534,7 @@ def _mapping_args(tp: Any) -> tuple[Any, Any] | None:
 
 
 register_late_rule(edge_type_issues)
+register_late_rule(stream_resource_issues)
 
 
 def _receives_a_tuple(stage: object) -> bool:

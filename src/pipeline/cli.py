@@ -26,6 +26,7 @@ code`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pipeline import _loading
 from pipeline.errors import (
     ConfigError,
+    DefinitionError,
     LoadError,
     UsageError as UsageError,  # defined in errors; importable here too
 )
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from pipeline._run import Scheduling
+    from pipeline.cache import RedisCache, SQLiteCache
     from pipeline.context import PipelineContext
     from pipeline.definition import PipelineDefinition
     from pipeline.events import Observer
@@ -133,6 +136,8 @@ def _cache_gc(args: argparse.Namespace) -> int:
         report = run_cache_gc(
             args.store, artifacts=args.artifacts, namespace=args.namespace, grace_s=args.grace
         )
+    except (DefinitionError, ValueError) as exc:  # a malformed URL, namespace or location
+        raise UsageError(f"cache gc: {exc}") from exc
     except (CacheError, ImportError) as exc:
         _echo(f"pipeline cache gc: {exc}", err=True)
         return EXIT_FAILED
@@ -333,24 +338,39 @@ def _run(
     observers = _progress_observers(progress)
     policy: Scheduling = "eager" if scheduling == "eager" else "waves"
 
+    store = None if cache_path is None else _cache_store(cache_path)
+
     async def execute() -> PipelineResult:
-        if cache_path is None:
+        if store is None:
             executor = PipelineExecutor(scheduling=policy, observers=observers)
             return await executor.execute(definition, initial, context)
-        from pipeline.cache import RedisCache, SQLiteCache
+        from pipeline.cache import CacheError
 
-        store: SQLiteCache | RedisCache
-        if cache_path.startswith(("redis://", "rediss://", "unix://")):
-            store = RedisCache(cache_path)
-        else:
-            store = SQLiteCache(cache_path)
-        async with store as cache:
-            executor = PipelineExecutor(scheduling=policy, observers=observers, cache=cache)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(store)
+            except CacheError as exc:
+                raise UsageError(f"--cache {cache_path!r} cannot be opened: {exc}") from exc
+            executor = PipelineExecutor(scheduling=policy, observers=observers, cache=store)
             return await executor.execute(definition, initial, context)
 
     result = anyio.run(execute)
     _echo(result.summary())
     return EXIT_OK if result.success else EXIT_FAILED
+
+
+def _cache_store(spec: str) -> SQLiteCache | RedisCache:
+    """The store `--cache` names: a `redis://` (`rediss://`, `unix://`) URL or a SQLite file."""
+    from pipeline.cache import RedisCache, SQLiteCache
+
+    try:
+        if spec.startswith(("redis://", "rediss://", "unix://")):
+            return RedisCache(spec)
+        return SQLiteCache(spec)
+    except (DefinitionError, ValueError) as exc:
+        raise UsageError(f"--cache {spec!r}: {exc}") from exc
+    except ImportError as exc:
+        raise UsageError(f"--cache {spec!r} needs an extra: {exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

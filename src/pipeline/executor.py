@@ -205,6 +205,9 @@ class PipelineExecutor:
         extra = run_observers.get()  # `stream()`'s own observer of this run
         observers = self.observers + extra if extra else self.observers
         bus = EventDispatcher(observers, clock=clock) if observers else None
+        # This run only: runs started inside it (a SubPipeline, an execute in a stage) must not
+        # see the caller's stream observer (their tasks copy this context).
+        observers_token = run_observers.set(()) if extra else None
         clock_token = current_clock.set(clock)
         try:
             if isinstance(clock, AbstractAsyncContextManager):
@@ -224,6 +227,8 @@ class PipelineExecutor:
             raise leaf from None
         finally:
             current_clock.reset(clock_token)
+            if observers_token is not None:
+                run_observers.reset(observers_token)
 
     async def _observed(
         self,

@@ -238,3 +238,35 @@ def test_in_process_the_error_chains_the_users_exception(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("pipeline: error: factory needs arguments (defs:needs_args): ")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["run", "defs:GOOD", "--cache", "redis://localhost:notaport/0"],
+            "--cache 'redis://localhost:notaport/0'",
+        ),
+        (
+            ["cache", "gc", "redis://localhost:notaport/0", "--artifacts", "arts"],
+            "cache gc: RedisCache: url is",
+        ),
+        (
+            ["cache", "gc", "redis://127.0.0.1:1/0", "--artifacts", "arts", "--namespace", " "],
+            "namespace is ' '",
+        ),
+        (
+            ["cache", "gc", "redis://127.0.0.1:1/0", "--artifacts", "nosuchproto://x"],
+            "cache gc: Protocol not known: nosuchproto",
+        ),
+    ],
+)
+def test_bad_cache_arguments_are_one_line_and_exit_2(
+    workdir: Path, args: list[str], expected: str
+) -> None:
+    done = cli(workdir, *args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("pipeline: error: ")
+    assert expected in lines[0]
