@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from contextvars import copy_context
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, final
@@ -49,7 +49,7 @@ from pipeline.result import (
 )
 from pipeline.runners import INLINE, THREADS, InlineRunner, ThreadRunner
 from pipeline.runners._rules import runner_issues
-from pipeline.runners._session import openable, runners_open, used_by
+from pipeline.runners._session import openable, used_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -238,14 +238,7 @@ class PipelineExecutor:
         started: float,
         deadline: anyio.CancelScope | None,
         bus: EventDispatcher | None,
-        *,
-        opened: bool = False,
     ) -> PipelineResult:
-        if self._openable and not opened:  # pools, clusters: open for the run (entries count)
-            async with runners_open(used_by(self._openable, pipeline.stages)):
-                return await self._observed(
-                    pipeline, initial_input, ctx, started, deadline, bus, opened=True
-                )
         if bus is None:
             return await self._execute(
                 pipeline, initial_input, ctx, started, deadline, NULL_REPORTER
@@ -262,13 +255,29 @@ class PipelineExecutor:
         started: float,
         deadline: anyio.CancelScope | None,
         reporter: Reporter,
+        *,
+        opened: bool = False,
     ) -> PipelineResult:
         issues = self._issues(pipeline)
-        if issues:
+        if issues:  # before opening any runner: an invalid run starts no pool or cluster
             result = self._invalid(pipeline, issues, ctx, reporter)
             reporter.run_started(pipeline.name, None, self.scheduling)
             reporter.run_finished(result)
             return result
+        used = used_by(self._openable, pipeline.stages) if self._openable and not opened else ()
+        if used:  # pools, clusters: open for the run (a caller's own entry keeps them open)
+            async with AsyncExitStack() as stack:
+                for name, runner in used:
+                    try:
+                        await stack.enter_async_context(runner)
+                    except Exception as exc:  # noqa: BLE001  # a run reports it, never raises
+                        result = self._unopened(pipeline, name, exc, ctx, reporter)
+                        reporter.run_started(pipeline.name, None, self.scheduling)
+                        reporter.run_finished(result)
+                        return result
+                return await self._execute(
+                    pipeline, initial_input, ctx, started, deadline, reporter, opened=True
+                )
         outputs: dict[str, Any] = {}
         env = RunEnv(
             clock=self.clock,
@@ -478,6 +487,35 @@ class PipelineExecutor:
                 anyio.from_thread.run_sync(run.stop, "cancelled", reason, token=token)
 
         return on_cancel
+
+    def _unopened(
+        self,
+        pipeline: PipelineDefinition,
+        name: str,
+        exc: Exception,
+        ctx: PipelineContext[Any],
+        reporter: Reporter,
+    ) -> PipelineResult:
+        """The result of a run whose runner `name` could not open: its stages never started."""
+        users = [s.id for s in pipeline.stages if s.runner == name]
+        message = f"runner {name!r} could not start: {exception_text(exc)}"
+        metadata = ctx.metrics_snapshot()
+        metadata["runner_errors"] = {name: message}
+        return PipelineResult.model_construct(
+            pipeline_name=pipeline.name,
+            success=False,
+            failed_stages=["runners"],
+            metadata=metadata,
+            error=f"{message} (needed by {', '.join(map(repr, users))}); nothing ran",
+            scheduling=self.scheduling,
+            outputs={},
+            stage_results={},
+            skipped_stages=[],
+            cancelled_stages=[],
+            total_duration_ms=0.0,
+            stage_runs={},
+            run_id=reporter.run_id,
+        )
 
     def _invalid(
         self,

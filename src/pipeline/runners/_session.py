@@ -8,11 +8,10 @@ only move the count.
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from pipeline.definition import StageDefinition
 
@@ -27,16 +26,9 @@ def openable(runners: Mapping[str, object]) -> dict[str, Any]:
     }
 
 
-def used_by(openable: Mapping[str, Any], stages: Sequence[StageDefinition]) -> list[Any]:
-    """The openable runners named by `stages`, in name order."""
+def used_by(
+    openable: Mapping[str, Any], stages: Sequence[StageDefinition]
+) -> list[tuple[str, Any]]:
+    """The openable runners named by `stages`, as `(name, runner)` in name order."""
     names = {s.runner for s in stages if s.runner is not None and s.runner in openable}
-    return [openable[name] for name in sorted(names)]
-
-
-@asynccontextmanager
-async def runners_open(runners: Sequence[Any]) -> AsyncIterator[None]:
-    """Enter every runner for the body; exit them in reverse order, even on failure."""
-    async with AsyncExitStack() as stack:
-        for runner in runners:
-            await stack.enter_async_context(runner)
-        yield
+    return [(name, openable[name]) for name in sorted(names)]
