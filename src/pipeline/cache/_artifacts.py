@@ -4,8 +4,8 @@ A store configured with `artifacts=` keeps values longer than `artifact_threshol
 file named by the SHA-256 of its bytes and stores only a reference in the entry. Layout under
 the root (a local directory, or any fsspec URL):
 
-    ab/abcdef0123...            the committed artifact (its sha256; the first 2 hex digits a folder)
-    tmp/abcdef0123...<rnd>.part  a write in progress, renamed into place once complete
+    ab/abcdef0123...                    the committed artifact (its sha256; 2 hex digits a folder)
+    tmp/abcdef0123....<pid>-<rnd>.part  a write in progress, renamed into place once complete
 
 The entry is written only after the rename, so a killed process leaves at worst a temp file (no
 entry points at it; `gc` removes it later). A read checks size and hash: a damaged or missing
@@ -41,6 +41,9 @@ REF_PREFIX: Final = b"\x00pipeline-artifact\x00"
 """How a stored entry that refers to an artifact starts; `sha256:<hex>:<size>` follows."""
 
 _SHA: Final = re.compile(r"[0-9a-f]{64}")
+_TEMP: Final = re.compile(r"[0-9a-f]{64}\.\d+-[0-9a-f]+\.part")
+"""A temp file's name, as `_write` makes it: `<sha256>.<pid>-<random hex>.part`."""
+_FOLDER: Final = re.compile(r"tmp|[0-9a-f]{2}")
 FSSPEC_HINT: Final = "pip install 'wavepipe[fsspec]'"
 DEFAULT_THRESHOLD: Final = 1_048_576
 
@@ -101,6 +104,11 @@ def _modified(info: dict[str, Any]) -> float | None:
             with contextlib.suppress(ValueError):
                 return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     return None
+
+
+def _our_folder(name: str) -> bool:
+    """Whether a folder right under the root is one this layout makes."""
+    return _FOLDER.fullmatch(name) is not None
 
 
 class Artifacts:
@@ -234,20 +242,38 @@ class Artifacts:
         else:
             self._fs.rm_file(path)
 
-    def _listing(self) -> Iterator[tuple[str, int, float | None]]:
-        """(path, size, modified) of every file under the root."""
+    def _listing(self) -> Iterator[tuple[str, str, str, int, float | None]]:
+        """(path, folder, name, size, modified) of the files of our layout's two folder kinds.
+
+        `folder` is the path's one folder under the root (`tmp` or two hex digits); nothing
+        deeper or elsewhere is listed, so other files under the root are never touched.
+        """
         if self._fs is None:
-            for folder, _, names in os.walk(self.root):
-                for name in names:
-                    path = os.path.join(folder, name)
+            try:
+                folders = [e.name for e in os.scandir(self.root) if _our_folder(e.name)]
+            except FileNotFoundError:
+                return
+            for folder in folders:
+                try:
+                    entries = list(os.scandir(os.path.join(self.root, folder)))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
                     with contextlib.suppress(FileNotFoundError):
-                        st = os.stat(path)
-                        yield path, st.st_size, st.st_mtime
+                        if entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            yield entry.path, folder, entry.name, st.st_size, st.st_mtime
             return
         if not self._fs.exists(self.root):
             return
+        prefix = self.root + "/"
         for path, info in self._fs.find(self.root, detail=True).items():
-            yield str(path), int(info.get("size") or 0), _modified(info)
+            text = str(path)
+            if not text.startswith(prefix):
+                continue
+            parts = text[len(prefix) :].split("/")
+            if len(parts) == 2 and _our_folder(parts[0]):
+                yield text, parts[0], parts[1], int(info.get("size") or 0), _modified(info)
 
     def gc(
         self, referenced: set[str], grace_s: float, now: float | None = None
@@ -255,7 +281,9 @@ class Artifacts:
         """Remove unreferenced artifacts and stale temp files older than `grace_s` (sync).
 
         Files younger than the grace period are kept even when unreferenced: a write in
-        progress commits its artifact before the entry that refers to it.
+        progress commits its artifact before the entry that refers to it. Only files of this
+        layout are considered (`<root>/<sha[:2]>/<sha>` and `<root>/tmp/<sha>.<pid>-<rnd>.part`);
+        anything else under the root is left alone.
         """
         if self.location is None:
             raise CacheError(self.owner, None, "no artifact store: the store has no artifacts=")
@@ -263,12 +291,13 @@ class Artifacts:
         removed: list[str] = []
         removed_temp: list[str] = []
         kept = freed = 0
-        for path, size, modified in self._listing():
-            folder, name = os.path.split(path.replace("\\", "/"))
+        for path, folder, name, size, modified in self._listing():
             old = modified is not None and now - modified > grace_s
-            if os.path.basename(folder) == "tmp" and name.endswith(".part"):
+            if folder == "tmp":
+                if not _TEMP.fullmatch(name):
+                    continue  # not ours: leave it alone
                 doomed = removed_temp if old else None
-            elif _SHA.fullmatch(name) and os.path.basename(folder) == name[:2]:
+            elif _SHA.fullmatch(name) and folder == name[:2]:
                 if name in referenced or not old:
                     kept += 1
                     continue

@@ -8,8 +8,11 @@ Lua script where it touches several keys), so each is atomic on the server: a re
 entry whole or not at all, and processes sharing the server lose nothing.
 
 Keys of namespace `ns`: `ns:e:<digest>` is an entry (a hash: value, stage id, creation time),
-`ns:s:<stage id>` the set of a stage's digests and `ns:stages` the set of stage ids. `clear`,
-`count` and `invalidate` walk these sets, so they touch nothing outside their namespace.
+`ns:s:<stage id>` the set of a stage's digests, `ns:stages` the set of stage ids and
+`ns:written` a marker that the namespace has been written (what tells `gc_artifacts` an emptied
+namespace from a misspelt one). A namespace has no `:`, so the first `:` of a key ends it and
+two namespaces never share a key. `clear`, `count` and `invalidate` walk these sets, so they
+touch nothing outside their namespace.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ _PUT: Final = """
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2], 't', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[4], '1')
 if tonumber(ARGV[5]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 else
@@ -77,6 +81,7 @@ for _, s in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   redis.call('DEL', sk)
 end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1')
 return 1
 """
 
@@ -115,8 +120,10 @@ end
 return n
 """
 
-# ARGV: prefix, the reference prefix; returns every stored reference
+# ARGV: prefix, the reference prefix; returns every stored reference, or false for a namespace
+# never written (no index and no marker: a misspelt namespace must not read as "no references")
 _REFS: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return false end
 local out = {}
 for _, s in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   for _, d in ipairs(redis.call('SMEMBERS', ARGV[1] .. 's:' .. s)) do
@@ -168,8 +175,9 @@ class RedisCache(TripBatcher):
 
     Args:
         url: The server, as `redis://host:6379/0` (`rediss://` for TLS, `unix://` for a socket).
-        namespace: Prefix of every key this store writes; `clear()` and `count()` touch only
-            their namespace, so several caches can share one server.
+        namespace: Prefix of every key this store writes (no `:`, which separates it from
+            the rest of the key); `clear()` and `count()` touch only their namespace, so
+            several caches can share one server.
         artifacts: Where values longer than `artifact_threshold_bytes` go, as content-addressed
             files the entry refers to: a local directory (created) or an fsspec URL (extra
             `fsspec`; use a location every host reaches). None keeps every value in Redis.
@@ -178,7 +186,11 @@ class RedisCache(TripBatcher):
         ttl_s: Entries older than this many seconds read as missing (None: never expire);
             Redis also drops them itself after that long.
         time_fn: Wall-clock time in seconds for the TTL (default `time.time`; tests pass a fake).
-        timeout_s: How long one round trip (or connecting) may take before it fails.
+        timeout_s: How long one wait on the connection may take: connecting, or waiting for
+            (more of) a reply. It is not a bound on a whole operation: a round trip that fails
+            is retried once on a fresh connection, and connecting is itself tried twice, so an
+            operation against a server that stops answering fails with `CacheError` after
+            about 2 x `timeout_s`, and can take up to 4 x `timeout_s` when reconnecting hangs too.
     """
 
     def __init__(
@@ -204,6 +216,15 @@ class RedisCache(TripBatcher):
                 "namespace",
                 f"is {namespace!r}",
                 "use a non-empty string without surrounding spaces",
+            )
+        if ":" in namespace:
+            raise DefinitionError(
+                "RedisCache",
+                "namespace",
+                f"is {namespace!r}, which contains ':'",
+                f"use a namespace without ':', e.g. {namespace.replace(':', '-')!r} (':' ends the "
+                f"namespace in the keys this store writes, so {namespace.split(':')[0]!r} and "
+                f"{namespace!r} could share keys)",
             )
         if not timeout_s > 0:
             raise DefinitionError("RedisCache", "timeout_s", f"is {timeout_s!r}", "use seconds > 0")
@@ -253,6 +274,10 @@ class RedisCache(TripBatcher):
     def _stages(self) -> str:
         return f"{self._prefix}stages"
 
+    @property
+    def _written(self) -> str:
+        return f"{self._prefix}written"
+
     # -- the store operations --------------------------------------------------------------------
     async def get(self, key: CacheKey) -> bytes | None:
         """The bytes under `key`, or None when missing or expired."""
@@ -283,9 +308,9 @@ class RedisCache(TripBatcher):
         """
         stored = await self._artifacts.pack(bytes(value), key.digest)
         ttl_ms = 0 if self.ttl_s is None else max(1, int(self.ttl_s * 1000))
-        keys = (self._entry(key.digest), self._stage(key.stage_id), self._stages)
+        keys = (self._entry(key.digest), self._stage(key.stage_id), self._stages, self._written)
         args = (stored, key.stage_id, repr(self.time_fn()), key.digest, ttl_ms)
-        await self._call(lambda p: p.eval(_PUT, 3, *keys, *args), _none, key.digest)
+        await self._call(lambda p: p.eval(_PUT, 4, *keys, *args), _none, key.digest)
 
     async def delete(self, key: CacheKey) -> bool:
         """Remove the entry under `key`; True if there was one."""
@@ -301,7 +326,8 @@ class RedisCache(TripBatcher):
 
     async def clear(self) -> None:
         """Remove every entry of this namespace (nothing else on the server)."""
-        await self._call(lambda p: p.eval(_CLEAR, 1, self._stages, self._prefix), _none, None)
+        keys = (self._stages, self._written)
+        await self._call(lambda p: p.eval(_CLEAR, 2, *keys, self._prefix), _none, None)
 
     async def count(self, stage_id: str | None = None) -> int:
         """How many live entries this namespace holds (of `stage_id`, when given)."""
@@ -329,11 +355,22 @@ class RedisCache(TripBatcher):
         several namespaces or stores loses the artifacts only the others refer to.
 
         Raises:
-            CacheError: The store has no `artifacts=`, or the server cannot be reached.
+            CacheError: The store has no `artifacts=`, the server cannot be reached, or the
+                namespace was never written on this server (a misspelt namespace, or a server
+                that lost its data): then nothing is removed.
         """
-        refs: list[bytes] = await self._call(
-            lambda p: p.eval(_REFS, 1, self._stages, self._prefix, REF_PREFIX), list, None
+        keys = (self._stages, self._written)
+        refs: list[bytes] | None = await self._call(
+            lambda p: p.eval(_REFS, 2, *keys, self._prefix, REF_PREFIX), _list_or_none, None
         )
+        if refs is None:
+            raise CacheError(
+                repr(self),
+                None,
+                f"namespace {self.namespace!r} was never written on this server, so which "
+                "artifacts are referenced is unknown and nothing was removed; pass the "
+                "namespace (and server) the artifacts were written with",
+            )
         shas = {referenced_sha(bytes(ref)) or "" for ref in refs}
         return await anyio.to_thread.run_sync(self._artifacts.gc, shas, grace_s)
 
@@ -400,6 +437,10 @@ class RedisCache(TripBatcher):
 
 def _none(reply: object) -> None:
     return None
+
+
+def _list_or_none(reply: Any) -> list[bytes] | None:
+    return None if reply is None else list(reply)
 
 
 def _positive(reply: Any) -> bool:

@@ -286,12 +286,27 @@ class SQLiteCache(TripBatcher):
         stores loses the artifacts only the others refer to.
 
         Raises:
-            CacheError: The store has no `artifacts=`, or its file cannot be read.
+            CacheError: The store has no `artifacts=`, its file cannot be read, or the file has
+                no cache table (a wrong or empty file: nothing is removed).
         """
 
         def op(conn: sqlite3.Connection) -> list[bytes]:
+            # A read-only open of a file without our table reads through an empty TEMP one;
+            # taken as "no references", that would remove every artifact. Only the file's
+            # own table counts.
+            found = conn.execute(
+                "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'pipeline_cache'"
+            ).fetchone()
+            if found is None:
+                raise CacheError(
+                    repr(self),
+                    None,
+                    "the file has no pipeline_cache table (not a file SQLiteCache wrote, or an "
+                    "empty one), so which artifacts are referenced is unknown and nothing was "
+                    "removed; pass the cache file the artifacts were written with",
+                )
             rows = conn.execute(
-                "SELECT value FROM pipeline_cache"
+                "SELECT value FROM main.pipeline_cache"
                 " WHERE length(value) < 256 AND substr(value, 1, ?) = ?",
                 (len(REF_PREFIX), REF_PREFIX),
             ).fetchall()

@@ -11,7 +11,9 @@ Variables: `state` (the context's state), `metrics` (its metrics), `outputs` (th
 the stages that succeeded so far, by id) and `input` (this stage's input). Values are turned
 into CEL data: mappings, lists (tuples and sets too), str, bytes, numbers, bool, None;
 pydantic models and dataclasses become maps of their fields, other objects maps of their
-public attributes. A missing key, a type error or a result that is not a bool raises, which
+public attributes (`__slots__` included). Only the entries of `state` and `outputs` an
+expression names (`outputs.x`, `outputs["x"]`) are converted on each evaluation; an expression
+that uses the map itself (`"x" in outputs`, `outputs.size()`) gets all of it. A missing key, a type error or a result that is not a bool raises, which
 fails the stage (`condition of stage 'x' raised ...`).
 """
 
@@ -37,6 +39,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 _MAX_DEPTH = 32
 _POSITION = re.compile(r"<input>:(-?\d+):(-?\d+): ")
 _SHOWN = 60
+_SELECT = r"""\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_]|\s*\()|\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\])"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +148,8 @@ class CelCondition:
         self.expression = expression
         """The CEL source, as written in the file."""
         self._program = compiled
+        self._state_names = named_entries(expression, "state")
+        self._output_names = named_entries(expression, "outputs")
         self._error = _cel().Type.ERROR
         setattr(self, CONDITION_ARGS_ATTR, True)
 
@@ -156,9 +161,9 @@ class CelCondition:
     ) -> bool:
         """Evaluate against the context's state and metrics, `value` and `outputs`."""
         data = {
-            "state": to_cel(dict(context.state)),
+            "state": _entries(context.state, self._state_names),
             "metrics": to_cel(context.metrics_snapshot()),
-            "outputs": to_cel(dict(outputs) if outputs is not None else {}),
+            "outputs": _entries({} if outputs is None else outputs, self._output_names),
             "input": to_cel(value),
         }
         result = self._program.eval(data=data)
@@ -183,6 +188,30 @@ class CelCondition:
 
     def __reduce__(self) -> tuple[object, ...]:
         return (CelCondition, (self.expression,))
+
+
+def named_entries(expression: str, variable: str) -> frozenset[str] | None:
+    """The keys of `variable` that `expression` reads, or None when it may read any.
+
+    A conservative scan of the text: only when every occurrence of the word `variable` is
+    followed by `.name` (not a call) or `["name"]` are those names the answer. Anything else
+    (`"x" in outputs`, `outputs.size()`, `outputs[k]`, the word inside a string literal) gives
+    None, so a name is never left out: at worst more is converted than needed.
+    """
+    names: set[str] = set()
+    for found in re.finditer(rf"\b{variable}\b", expression):
+        select = re.match(_SELECT, expression[found.end() :])
+        if select is None:
+            return None
+        names.add(next(group for group in select.groups() if group is not None))
+    return frozenset(names)
+
+
+def _entries(mapping: Mapping[str, Any], names: frozenset[str] | None) -> dict[Any, Any]:
+    """`mapping` as a CEL map, converting only `names` (all of it for None)."""
+    if names is None:
+        return {_key(k): to_cel(v, 1) for k, v in mapping.items()}
+    return {name: to_cel(mapping[name], 1) for name in names if name in mapping}
 
 
 def compile_condition(expression: str) -> Any:
@@ -247,12 +276,33 @@ def to_cel(value: Any, depth: int = 0) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return to_cel(fields, depth + 1)
-    try:
-        attributes = vars(value)
-    except TypeError:
+    attributes = _attributes(value)
+    if attributes is None:
         return str(value)
     public = {k: v for k, v in attributes.items() if not k.startswith("_")}
     return to_cel(public, depth + 1)
+
+
+def _attributes(value: Any) -> dict[str, Any] | None:
+    """An object's instance attributes: its `__dict__` and its `__slots__`, None if neither."""
+    found: dict[str, Any] = {}
+    has_any = False
+    for cls in reversed(type(value).__mro__):
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            has_any = True
+            missing = object()
+            attribute = getattr(value, name, missing)
+            if attribute is not missing:
+                found[name] = attribute
+    try:
+        found.update(vars(value))
+    except TypeError:
+        if not has_any:
+            return None
+    return found
 
 
 def _key(key: Any) -> Any:

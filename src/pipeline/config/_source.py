@@ -5,7 +5,9 @@ the text into dicts, lists and scalars plus a `Locator`. Every error about the f
 through `Locator.error`, so the line mapping lives only here: YAML positions come from
 PyYAML's composed nodes (every key and value has a mark), JSON positions from a walk over the
 (already valid) text, TOML positions from a line scan for the key (tomllib gives none; a TOML
-syntax error carries its own). Lines and columns are 1-based.
+syntax error carries its own). Lines and columns are 1-based. YAML merge keys (`<<: *base`)
+are expanded here, keeping the merged nodes' own marks; tags on mappings and lists are refused
+(they would be dropped silently). A key twice in one mapping is an error in every format.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class Locator:
     keys: dict[DataPath, Position] = field(default_factory=dict)
     values: dict[DataPath, Position] = field(default_factory=dict)
     quoted: dict[DataPath, bool] = field(default_factory=dict)
-    """For one-line text values: whether a quote precedes the text at the value's position."""
+    """For one-line text values written verbatim (the source between the value's marks, less
+    its quotes, is exactly the value: no escapes): whether a quote precedes the text."""
     fallback: Position | None = None
     """Used when nothing on the path is known (TOML and JSON text without positions)."""
 
@@ -68,8 +71,8 @@ class Locator:
         """A `ConfigError` about the key or value at `path`.
 
         `inside` is a 1-based (line, column) within a text value (a CEL error's position);
-        it is used when the value sits on one line (plain or quoted, without escapes), else
-        the error points at the value.
+        it is used when the value sits on one line and its source text is exactly the value
+        (plain, or quoted without escapes), else the error points at the value.
         """
         where = self.position(path, key=key)
         line, column = where if where is not None else (None, None)
@@ -179,48 +182,109 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, Locator]:
     if node is None:
         return None, locator
     constructor = yaml.SafeLoader("")
-    walker = _YamlWalker(locator, constructor, yaml)
+    walker = _YamlWalker(locator, constructor, yaml, text)
     return walker.walk(node, (), 0), locator
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = {"MappingNode": "tag:yaml.org,2002:map", "SequenceNode": "tag:yaml.org,2002:seq"}
+
+
 class _YamlWalker:
-    def __init__(self, locator: Locator, constructor: Any, yaml: Any) -> None:
+    def __init__(self, locator: Locator, constructor: Any, yaml: Any, text: str) -> None:
         self.locator = locator
         self.constructor = constructor
         self.yaml = yaml
+        self.text = text
         self.nodes = 0
 
     def walk(self, node: Any, path: DataPath, depth: int) -> Any:
         yaml = self.yaml
         mark = node.start_mark
         self.locator.values.setdefault(path, (mark.line + 1, mark.column + 1))
-        self.nodes += 1
-        if depth > _MAX_DEPTH or self.nodes > _MAX_NODES:
-            raise self.locator.error(
-                path, "the document is nested too deeply or too large (aliases?)",
-                "write plain nested mappings and lists, without recursive aliases",
-            )  # fmt: skip
+        self._count(1, path, depth)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            self._plain_collection(node, path)
         if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            chosen: dict[Any, tuple[Any, Any, bool]] = {}
+            for key_node, value_node, merged in self._pairs(node, path, depth):
                 key = self._scalar(key_node, path)
                 if not isinstance(key, str | int | float | bool) or key is None:
                     raise self.locator.error(path, "a mapping key is not a scalar", "use text keys")
                 sub = (*path, key if isinstance(key, str | int) else str(key))
-                k = key_node.start_mark
-                if key in out:
+                if key in chosen and not merged and not chosen[key][2]:
+                    k = key_node.start_mark
                     self.locator.keys[sub] = (k.line + 1, k.column + 1)
                     raise self.locator.error(
                         sub, f"duplicate key {key!r}", "keep one of them", key=True
                     )
+                chosen[key] = (key_node, value_node, merged)  # a later one wins over a merged one
+            out: dict[Any, Any] = {}
+            for key, (key_node, value_node, _) in chosen.items():
+                sub = (*path, key if isinstance(key, str | int) else str(key))
+                k = key_node.start_mark
                 self.locator.keys[sub] = (k.line + 1, k.column + 1)
                 out[key] = self.walk(value_node, sub, depth + 1)
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(child, (*path, i), depth + 1) for i, child in enumerate(node.value)]
-        if node.start_mark.line == node.end_mark.line and node.style in (None, "'", '"'):
-            self.locator.quoted[path] = node.style is not None
+        self._note_verbatim(node, path)
         return self._scalar(node, path)
+
+    def _count(self, nodes: int, path: DataPath, depth: int) -> None:
+        """Stop documents that aliases (or merges of aliases) blow up."""
+        self.nodes += nodes
+        if depth > _MAX_DEPTH or self.nodes > _MAX_NODES:
+            raise self.locator.error(
+                path, "the document is nested too deeply or too large (aliases?)",
+                "write plain nested mappings and lists, without recursive aliases",
+            )  # fmt: skip
+
+    def _plain_collection(self, node: Any, path: DataPath) -> None:
+        """Refuse tags on mappings and lists (`!!python/object`, `!!set`): they would be dropped."""
+        expected = _COLLECTION_TAGS[type(node).__name__]
+        if node.tag != expected:
+            raise self.locator.error(
+                path,
+                f"the tag {node.tag!r} is not supported",
+                "remove the tag: a pipeline file holds plain mappings, lists and scalars",
+            )
+
+    def _pairs(self, node: Any, path: DataPath, depth: int) -> list[tuple[Any, Any, bool]]:
+        """A mapping's (key node, value node, from a merge) pairs, merge keys (`<<`) expanded.
+
+        Merged pairs come first, so the mapping's own keys win over them, and of several merged
+        mappings (`<<: [*a, *b]`) the first wins, as YAML's merge key defines. The nodes keep
+        their marks: an error in a merged value points where that value is written.
+        """
+        merged: list[tuple[Any, Any, bool]] = []
+        own: list[tuple[Any, Any, bool]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node, False))
+                continue
+            seq = isinstance(value_node, self.yaml.SequenceNode)
+            sources = list(reversed(value_node.value)) if seq else [value_node]
+            for source in sources:
+                self._count(len(source.value) if isinstance(source.value, list) else 1, path, depth)
+                if not isinstance(source, self.yaml.MappingNode):
+                    raise self.locator.error(
+                        path,
+                        "a merge key (<<) must be followed by a mapping or a list of mappings",
+                        "merge an anchored mapping, e.g. <<: *defaults",
+                    )
+                self._plain_collection(source, path)
+                merged += [(k, v, True) for k, v, _ in self._pairs(source, path, depth + 1)]
+        return merged + own
+
+    def _note_verbatim(self, node: Any, path: DataPath) -> None:
+        """Record a one-line scalar whose source text is exactly its value (see `Locator`)."""
+        start, end = node.start_mark, node.end_mark
+        if start.line != end.line or node.style not in (None, "'", '"'):
+            return
+        quote = int(node.style is not None)
+        if self.text[start.index + quote : end.index - quote] == node.value:
+            self.locator.quoted[path] = bool(quote)
 
     def _scalar(self, node: Any, path: DataPath) -> Any:
         if not isinstance(node, self.yaml.ScalarNode):
@@ -237,8 +301,16 @@ class _YamlWalker:
 
 # -- JSON ------------------------------------------------------------------------------------------
 def _parse_json(text: str, source: str) -> tuple[Any, Locator]:
+    duplicates: list[str] = []
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) < len(pairs):
+            duplicates.extend(k for k in out if sum(key == k for key, _ in pairs) > 1)
+        return out
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
         fix = "fix the JSON syntax at this position"
         raise ConfigError(
@@ -248,9 +320,11 @@ def _parse_json(text: str, source: str) -> tuple[Any, Locator]:
         raise ConfigError(source, "invalid JSON: nested too deeply", "flatten it") from None
     locator = Locator(source)
     try:
-        _JsonWalker(text, locator).walk_document()
+        _JsonWalker(text, locator).walk_document()  # a duplicate key raises where it is
     except (ValueError, IndexError, RecursionError):  # pragma: no cover - json.loads accepted it
         locator.keys.clear()
+    if duplicates:  # as in YAML: which one was meant is unknown (here: nested too deeply to walk)
+        raise ConfigError(source, f"duplicate key {duplicates[0]!r}", "keep one of them")
     return data, locator
 
 
@@ -284,11 +358,17 @@ class _JsonWalker:
             return int(end)
         if char == "{":
             index = self.skip(index + 1)
+            seen: set[str] = set()
             while self.text[index] != "}":
                 key_at = index
                 key, index = json.decoder.scanstring(self.text, index + 1)  # type: ignore[attr-defined]  # public but untyped
                 sub = (*path, key)
                 self.locator.keys[sub] = self.at(key_at)
+                if key in seen:
+                    raise self.locator.error(
+                        sub, f"duplicate key {key!r}", "keep one of them", key=True
+                    )
+                seen.add(key)
                 index = self.skip(self.skip(index) + 1)  # past the ':'
                 index = self.skip(self.walk(index, sub, depth + 1))
                 if self.text[index] == ",":
@@ -303,8 +383,8 @@ class _JsonWalker:
                 if self.text[index] == ",":
                     index = self.skip(index + 1)
             return index + 1
-        _, end = self.decoder.raw_decode(self.text, index)
-        if char == '"' and "\\" not in self.text[index:end]:
+        value, end = self.decoder.raw_decode(self.text, index)
+        if char == '"' and self.text[index + 1 : end - 1] == value:  # no escapes
             self.locator.quoted[path] = True
         return int(end)
 
@@ -327,7 +407,7 @@ def _parse_toml(text: str, source: str) -> tuple[Any, Locator]:
     except RecursionError:
         raise ConfigError(source, "invalid TOML: nested too deeply", "flatten it") from None
     locator = Locator(source, fallback=None)
-    _scan_toml(text, locator)
+    _scan_toml(text, locator, data)
     return data, locator
 
 
@@ -337,8 +417,23 @@ def _end_of(text: str) -> Position:
     return len(lines), len(lines[-1]) + 1
 
 
-def _scan_toml(text: str, locator: Locator) -> None:
-    """Best effort: each `key =` line, under the table header (`[[stages]]` counted) above it."""
+_TOML_KEY_PART = r"(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')"
+_TOML_KEY = re.compile(rf"\s*({_TOML_KEY_PART}(?:\s*\.\s*{_TOML_KEY_PART})*)\s*=\s*")
+_TOML_KEY_PARTS = re.compile(_TOML_KEY_PART)
+
+
+def _at(data: Any, path: DataPath) -> Any:
+    """The value at `path` in parsed data, or None where the path does not lead anywhere."""
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _scan_toml(text: str, locator: Locator, data: Any) -> None:
+    """Best effort: each `key =` line (dotted keys too), under the table header above it."""
     table: DataPath = ()
     counts: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -355,12 +450,23 @@ def _scan_toml(text: str, locator: Locator) -> None:
             table = tuple(parts)
             locator.values.setdefault(table, (number, len(line) - len(stripped) + 1))
             continue
-        key = re.match(r"\s*([A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')\s*=\s*", line)
+        key = _TOML_KEY.match(line)
         if key and not stripped.startswith("#"):
-            sub = (*table, key[1].strip("\"'"))
-            locator.keys.setdefault(sub, (number, key.start(1) + 1))
+            names = [m[0].strip("\"'") for m in _TOML_KEY_PARTS.finditer(key[1])]
+            for i, part in enumerate(_TOML_KEY_PARTS.finditer(key[1])):  # a.b = 1 defines a too
+                locator.keys.setdefault(
+                    (*table, *names[: i + 1]), (number, key.start(1) + 1 + part.start())
+                )
+            sub = (*table, *names)
             if sub not in locator.values:
                 locator.values[sub] = (number, key.end() + 1)
-                rest = line[key.end() :]
-                if rest[:1] in ("'", '"') and rest[:3] not in ('"""', "'''"):
-                    locator.quoted[sub] = True
+                _note_toml_verbatim(line[key.end() :], _at(data, sub), sub, locator)
+
+
+def _note_toml_verbatim(rest: str, value: Any, path: DataPath, locator: Locator) -> None:
+    """Record a one-line quoted string whose source text is exactly its value (see `Locator`)."""
+    quote = rest[:1]
+    if quote not in ("'", '"') or rest[:3] in ('"""', "'''") or not isinstance(value, str):
+        return
+    if rest[1 : 1 + len(value)] == value and rest[1 + len(value) : 2 + len(value)] == quote:
+        locator.quoted[path] = True
