@@ -251,6 +251,13 @@ def _settle_batch(
     """Each item's reply, in order: its writes applied, its output kept; False on a failure."""
     ok = True
     for position, i in enumerate(indices):
+        if not isinstance(replies, BaseException):
+            reply = replies[position]
+            if reply.ok and reply.plain:  # what `settle` does, minus a StageResult per item
+                for op, key, value in reply.writes:
+                    getattr(context, op)(key, value)
+                outputs[i] = reply.payload
+                continue
         try:
             if isinstance(replies, BaseException):
                 raise replies

@@ -10,16 +10,17 @@ rest, identically for every backend:
     replies --> context writes applied in order --> value returned / exception re-raised
 
 By default `_exchange` pickles, submits and waits in an anyio worker thread, so nothing here
-touches a backend's own async API and the same code serves asyncio and trio (Dask's sync
-client). A backend whose futures take done-callbacks can override `_exchange` to wait
-without a thread (`ProcessRunner` does). The pool or cluster does all the scheduling.
+touches a backend's own async API and the same code serves asyncio and trio. A backend whose
+futures take done-callbacks overrides `_exchange` to submit from the loop and be woken by the
+callback through `pipeline.runners._wake.LoopInbox` (one wake-up of the loop per burst of
+finished calls), with no thread waiting per call: `ProcessRunner` and `DaskRunner` both do.
+The pool or cluster does all the scheduling.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import pickle
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,7 +33,15 @@ from pipeline.result import StageResult
 from pipeline.runners._base import REMOTE_STOPPED, REMOTE_TRACEBACK_ATTR
 from pipeline.runners._batch import current_batcher
 from pipeline.runners._pickling import dumps, explain
-from pipeline.runners._worker import Call, ErrorInfo, Reply, Snapshot, run_call
+from pipeline.runners._worker import (
+    Call,
+    ErrorInfo,
+    Reply,
+    Snapshot,
+    replies_from_wire,
+    run_call,
+    wire_call,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -270,8 +279,7 @@ class RemoteRunner:
         finally:
             with self._count_lock:
                 self.in_flight -= 1
-        replies: list[Reply] = pickle.loads(reply_blob)  # our worker's
-        return replies
+        return replies_from_wire(reply_blob)
 
     async def _stop(self, job: _Job) -> bool:
         """Give up on `job`: cancel it if submitted; True when it surely is not running."""
@@ -292,9 +300,9 @@ class RemoteRunner:
 
 
 def pickle_call(call: Call) -> bytes:
-    """`call` pickled, or an `UnpicklableError` naming the part that does not pickle."""
+    """`call` pickled for `run_call`, or an `UnpicklableError` naming what does not pickle."""
     try:
-        return dumps(call)
+        return dumps(wire_call(call))
     except Exception:  # noqa: BLE001  # name the part of the call that does not pickle
         raise _unpicklable_call(call) from None
 
@@ -358,18 +366,3 @@ def rebuild(info: ErrorInfo) -> BaseException:
         with contextlib.suppress(AttributeError, TypeError):  # an exotic exception type
             setattr(exc, REMOTE_TRACEBACK_ATTR, info.traceback)
     return exc
-
-
-def loop_waker() -> Callable[[Callable[[], object]], object]:
-    """A non-blocking, thread-safe `call_soon` into the running event loop (asyncio or trio).
-
-    `anyio.from_thread.run_sync` would block the calling thread (the pool's queue thread)
-    until the loop ran the call. The returned function raises `RuntimeError` (trio's
-    `RunFinishedError` is one) once that loop has ended.
-    """
-    native: Any = anyio.lowlevel.current_token().native_token  # an asyncio loop or a TrioToken
-    waker: Callable[[Callable[[], object]], object] = (
-        native.call_soon_threadsafe if hasattr(native, "call_soon_threadsafe")
-        else native.run_sync_soon
-    )  # fmt: skip
-    return waker

@@ -6,6 +6,11 @@ inputs (one, or a batch of fan-out items) with a snapshot of the context. Each i
 against its own `RemoteContext`, whose writes are recorded; the reply is one
 `(ok, payload, writes)` tuple per input, pickled. Nothing raised by a stage escapes: it is
 sent back (or, if it cannot be pickled, its type name, text and traceback are).
+
+On the wire the call and the replies are plain tuples (`wire_call`, `replies_from_wire`), not
+the NamedTuples below: cloudpickle calls back into Python for every object that is not a
+builtin container, and for a small call those callbacks cost several times the pickling
+itself (about 13 us against 2 us per call, on each side of the pipe).
 """
 
 from __future__ import annotations
@@ -122,20 +127,30 @@ def run_call(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> bytes:
         _stages[stage_key] = stage
         while len(_stages) > KEPT_STAGES:
             _stages.popitem(last=False)
-    call: Call = pickle.loads(call_blob)  # our own bytes, from the executor
-    replies = [_run_one(stage, value, call.snapshot) for value in call.inputs]
+    sid, inputs, snap, items = pickle.loads(call_blob)  # our own bytes: `wire_call`'s tuple
+    snapshot = Snapshot(*snap)
+    replies = [_run_one(stage, value, snapshot) for value in inputs]
     try:
-        return dumps(replies)
+        return dumps([tuple(reply) for reply in replies])
     except Exception:  # noqa: BLE001  # find the reply that does not pickle, replace it
-        sid = call.stage_id
-        return dumps([_picklable(sid, i, r) for i, r in zip(call.items, replies, strict=True)])
+        checked = [_picklable(sid, i, r) for i, r in zip(items, replies, strict=True)]
+        return dumps([tuple(reply) for reply in checked])
+
+
+def wire_call(call: Call) -> tuple[Any, ...]:
+    """`call` as the plain tuples `run_call` unpickles (cheaper to pickle than NamedTuples)."""
+    return (call.stage_id, call.inputs, tuple(call.snapshot), call.items)
+
+
+def replies_from_wire(reply_blob: bytes) -> list[Reply]:
+    """The `Reply`s in what `run_call` returned."""
+    return [Reply(*reply) for reply in pickle.loads(reply_blob)]  # our worker's bytes
 
 
 def _run_one(stage: PipelineStage[Any, Any], value: Any, snapshot: Snapshot) -> Reply:
-    # A fresh copy of the snapshot per input: one item's writes are not another's reads.
-    context = RemoteContext(
-        Snapshot(dict(snapshot.state), dict(snapshot.metrics), snapshot.deps, snapshot.services)
-    )
+    # PipelineContext copies state, metrics and services: one item's writes are not another's
+    # reads.
+    context = RemoteContext(snapshot)
     try:
         body = sync_body(stage)
         if body is None:  # an async stage: its own event loop in this worker

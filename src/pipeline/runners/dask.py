@@ -1,15 +1,26 @@
 """`DaskRunner`: stages on a Dask cluster (`pip install 'wavepipe[dask]'`).
 
 Importing this module imports `distributed`; `import pipeline` never does. The runner drives
-a *synchronous* `distributed.Client` from worker threads: Dask's asyncio client API would tie
-the run to asyncio, and runs must also work on trio. Dask schedules; a worker that dies has its
-tasks rescheduled by Dask on the others.
+a *synchronous* `distributed.Client`: Dask's asyncio client API would tie the run to asyncio,
+and runs must also work on trio. Dask schedules; a worker that dies has its tasks rescheduled by
+Dask on the others.
+
+    loop: client.submit (non-blocking) --> task --> done callback (Dask's callback thread)
+      --> queue --> one gather thread: client.gather(every task finished meanwhile)
+      --> LoopInbox.post(event.set) --> loop: the call's replies
+
+No thread waits per call: one thread fetches the results of all finished tasks in one request
+(as `client.gather` does for a hand-written `client.map`), and the loop is woken once a burst.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 from typing import TYPE_CHECKING, Any, final
+
+import anyio
 
 try:
     import distributed
@@ -18,14 +29,20 @@ except ImportError as exc:  # pragma: no cover - the dev environment has it
     raise ImportError(msg) from exc
 
 from pipeline.errors import DefinitionError, RunnerError
-from pipeline.runners._remote import RemoteRunner
-from pipeline.runners._worker import warm_up
+from pipeline.runners._remote import RemoteRunner, pickle_call
+from pipeline.runners._wake import loop_inbox
+from pipeline.runners._worker import replies_from_wire, run_call, warm_up
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from pipeline.runners._remote import _Job
+    from pipeline.runners._worker import Call, Reply
+
 CONNECT_TIMEOUT_S = 30
 """How long connecting to a scheduler at `address` may take."""
+STOP_GRACE_S = 5.0
+"""How long closing the runner waits for its gather thread to end."""
 
 _NOT_RUNNING = frozenset(
     {"released", "waiting", "queued", "no-worker", "forgotten", "memory", "erred"}
@@ -77,6 +94,7 @@ class DaskRunner(RemoteRunner):
         # distributed is untyped where it matters (Client, LocalCluster): Any keeps mypy honest
         self._client: Any = None
         self._cluster: Any = None
+        self._gatherer: _Gatherer | None = None
 
     @property
     def client(self) -> distributed.Client | None:
@@ -90,6 +108,7 @@ class DaskRunner(RemoteRunner):
         # must not count it); workers that join later import it on their first task.
         with contextlib.suppress(Exception):
             self._client.run(warm_up)
+        self._gatherer = _Gatherer(self._client)
 
     def _connect(self) -> None:
         if self._given is not None:
@@ -110,6 +129,9 @@ class DaskRunner(RemoteRunner):
         self._client = connect(self._cluster, set_as_default=False)
 
     def _close(self, *, abandoned: bool) -> None:
+        gatherer, self._gatherer = self._gatherer, None
+        if gatherer is not None:
+            gatherer.stop()
         client: Any = self._client
         cluster: Any = self._cluster
         self._client = self._cluster = None
@@ -127,6 +149,36 @@ class DaskRunner(RemoteRunner):
         result: bytes = handle.result()
         return result
 
+    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
+        """Submit from the event loop (a non-blocking call); the gather thread sends the result.
+
+        Cancelling it stops the wait at once; `_stop` then cancels the task.
+        """
+        gatherer = self._gatherer
+        assert gatherer is not None  # called only while open
+        call_blob = pickle_call(call)
+        done = anyio.Event()
+        inbox = loop_inbox()
+        outcome: list[bytes | BaseException] = []
+
+        def deliver(value: bytes | BaseException) -> None:  # in the gather thread
+            with self._count_lock:
+                self.in_flight -= 1
+            outcome.append(value)
+            inbox.post(done.set)
+
+        with job.lock:
+            handle = job.handle = self._submit(run_call, key, blob, call_blob)
+            with self._count_lock:
+                self.calls_sent += 1
+                self.in_flight += 1
+        gatherer.watch(handle, deliver)
+        await done.wait()
+        value = outcome[0]
+        if isinstance(value, BaseException):
+            raise value
+        return replies_from_wire(value)
+
     def _cancel(self, handle: Any) -> bool:
         client: Any = self._client
         if client is None:  # pragma: no cover - closed meanwhile
@@ -141,6 +193,75 @@ class DaskRunner(RemoteRunner):
     def __repr__(self) -> str:
         where = self.address or ("client" if self._given is not None else "LocalCluster")
         return f"DaskRunner({where})"
+
+
+class _Gatherer:
+    """One thread per open runner fetching the results of finished tasks, many per request.
+
+    Dask's callback thread queues each finished future; this thread takes everything queued,
+    gathers the finished ones in one `client.gather` and hands each value (or the exception
+    of a failed, lost or cancelled task) to its `deliver` callback.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._queue: queue.SimpleQueue[tuple[Any, Callable[[Any], None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="pipeline-dask-gather", daemon=True)
+        self._thread.start()
+
+    def watch(self, future: Any, deliver: Callable[[bytes | BaseException], None]) -> None:
+        """Call `deliver` (in this thread) with `future`'s result once it has finished."""
+        put = self._queue.put
+        future.add_done_callback(lambda finished: put((finished, deliver)))
+
+    def stop(self) -> None:
+        """Finish the batch in hand and end the thread (futures still running are dropped).
+
+        Waits at most `STOP_GRACE_S`: a gather stuck on a lost cluster must not hold up the
+        close (the thread is a daemon; closing the client ends its requests).
+        """
+        self._queue.put(None)
+        self._thread.join(timeout=STOP_GRACE_S)
+
+    def _run(self) -> None:
+        while True:
+            entry = self._queue.get()
+            batch = []
+            while entry is not None:
+                batch.append(entry)
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._fetch(batch)
+            if entry is None:
+                return
+
+    def _fetch(self, batch: list[tuple[Any, Callable[[Any], None]]]) -> None:
+        finished = [(f, deliver) for f, deliver in batch if f.status == "finished"]
+        others = [(f, deliver) for f, deliver in batch if f.status != "finished"]
+        if finished:
+            try:
+                values = self._client.gather([f for f, _ in finished])
+            except Exception:  # noqa: BLE001  # one of them is lost: take each on its own
+                others = batch
+            else:
+                for (_, deliver), value in zip(finished, values, strict=True):
+                    deliver(value)
+        for f, deliver in others:
+            deliver(_result(f))
+
+
+def _result(future: Any) -> bytes | BaseException:
+    """`future`'s result, or the exception it raises (a failed, lost or cancelled task)."""
+    try:
+        value: bytes = future.result(timeout=CONNECT_TIMEOUT_S)
+    except BaseException as exc:  # noqa: BLE001  # the call's outcome, raised on the loop
+        return exc
+    return value
 
 
 def _task_state(key: Any, dask_scheduler: Any = None) -> str | None:

@@ -9,10 +9,8 @@ its entry point with `if __name__ == "__main__":` (as every multiprocessing scri
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-import pickle
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -22,8 +20,9 @@ import anyio
 
 from pipeline.errors import DefinitionError
 from pipeline.runners._pickling import cloudpickle_module
-from pipeline.runners._remote import RemoteRunner, loop_waker, pickle_call
-from pipeline.runners._worker import run_call, warm_up
+from pipeline.runners._remote import RemoteRunner, pickle_call
+from pipeline.runners._wake import loop_inbox
+from pipeline.runners._worker import replies_from_wire, run_call, warm_up
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -107,19 +106,18 @@ class ProcessRunner(RemoteRunner):
     async def _exchange(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
         """Submit from the event loop and wake it from the future's callback: no thread hop.
 
-        The pool's queue thread does the waiting; a call costs about what a hand-written
-        `pool.submit` costs. The call is pickled here, on the loop (inputs are usually small;
-        pass paths rather than large data).
+        The pool's queue thread does the waiting; the loop is woken once for each burst of
+        finished calls (`LoopInbox`). The call is pickled here, on the loop (inputs are
+        usually small; pass paths rather than large data).
         """
         call_blob = pickle_call(call)
         done = anyio.Event()
-        wake = loop_waker()
+        inbox = loop_inbox()
 
-        def on_done(_: object) -> None:
+        def on_done(_: object) -> None:  # in the pool's result thread
             with self._count_lock:
                 self.in_flight -= 1
-            with contextlib.suppress(RuntimeError):  # the run (its event loop) has ended
-                wake(done.set)
+            inbox.post(done.set)
 
         pool = self._pool
         try:
@@ -136,8 +134,7 @@ class ProcessRunner(RemoteRunner):
             # and the next one (a retry, the next run) gets a fresh pool.
             await anyio.to_thread.run_sync(self._renew, pool)
             raise
-        replies: list[Reply] = pickle.loads(reply_blob)  # our worker's
-        return replies
+        return replies_from_wire(reply_blob)
 
     def _renew(self, broken: ProcessPoolExecutor | None) -> None:
         with self._lock:
