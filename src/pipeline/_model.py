@@ -39,10 +39,21 @@ def fast_model(cls: type[ModelT], fields: dict[str, Any]) -> ModelT:
     """
     obj = _new(cls)
     _setattr(obj, "__dict__", fields)
-    _set_fields_set(obj, set(fields))
+    every = _every_field.get(cls)
+    if every is None:
+        every = _every_field[cls] = set(fields)
+    _set_fields_set(obj, every)
     _set_extra(obj, None)
     _set_private(obj, None)
     return obj
+
+
+_every_field: dict[type[BaseModel], set[str]] = {}
+"""One "fields set" per class, shared by every instance `fast_model` builds: each instance has
+every field set, so they are all equal, and a new set per instance cost ~0.1-0.2 us (four
+records a stage; benchmarks/overhead.py W1/W2). Sharing relies on nothing changing the set in
+place: pydantic copies it before `model_copy(update=...)` adds to it, and assigning a field
+(on a model that is not frozen) adds a name already in it."""
 
 
 def copy_with(model: ModelT, **changes: Any) -> ModelT:
