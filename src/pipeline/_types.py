@@ -132,7 +132,23 @@ def stage_input_type(stage: object) -> Any:
 
     Read once per class or function; `Any` when there is none or it cannot be resolved.
     """
-    return _per_code(stage, _inputs, _resolve_input)
+    cls = type(stage)
+    found = _class_inputs.get(cls, _UNKNOWN)
+    if found is not _UNKNOWN:
+        return found
+    found = _per_code(stage, _inputs, _resolve_input)
+    if cls is not FunctionStage and getattr(stage, "__wrapped_stage__", None) is None:
+        if len(_class_inputs) >= MAX_BY_CODE:
+            _class_inputs.clear()
+        _class_inputs[cls] = found  # a plain class's stages all have its `execute`'s type
+    return found
+
+
+_class_inputs: dict[type, Any] = {}
+"""Input types of plain stage classes (not `FunctionStage`, not wrappers), in front of the weak
+per-class memo: validating a new definition asks once per stage, and the weak lookup cost
+~0.25 us a stage (benchmarks/overhead.py "validate + plan"). Holds classes strongly, so it
+starts over past `MAX_BY_CODE` entries."""
 
 
 def _resolve_input(stage: object) -> Any:
