@@ -246,24 +246,25 @@ class RunState:
 
     def _release(self, sid: str) -> None:
         plan = self.plan
+        wave_of, pending, eager = plan.wave_of, self.pending, self.eager  # locals: once a stage
         now: float | None = None
         for succ in plan.successors[sid]:
-            self.pending[succ] -= 1
-            if self.pending[succ] == 0:
+            left = pending[succ] - 1
+            pending[succ] = left
+            if left == 0:
                 if now is None:
                     now = self.clock.now()
                 self.ready_at[succ] = now
-                wave = plan.wave_of[succ]
-                if self.eager or wave <= self.current_wave:
+                wave = wave_of[succ]
+                if eager or wave <= self.current_wave:
                     self.ready.append(succ)
                 else:
                     self.held[wave].append(succ)
-        self.wave_left[plan.wave_of[sid]] -= 1
-        while (
-            not self.eager
-            and self.current_wave + 1 < len(self.wave_left)
-            and self.wave_left[self.current_wave] == 0
-        ):
+        wave_left = self.wave_left
+        wave_left[wave_of[sid]] -= 1
+        if eager:
+            return
+        while self.current_wave + 1 < len(wave_left) and wave_left[self.current_wave] == 0:
             self.current_wave += 1
             self.ready.extend(self.held[self.current_wave])
             self.held[self.current_wave].clear()
