@@ -184,7 +184,9 @@ class RunState:
         self.results[sid] = result
         record = self._record(sid, outcome, t0, t1)
         self.records[sid] = record
-        self.env.reporter.stage_finished(record, result.output)
+        reporter = self.env.reporter
+        if reporter.enabled:  # a run without observers builds no event (NULL_REPORTER)
+            reporter.stage_finished(record, result.output)
         status = result.status
         if status is _SUCCEEDED:
             self.outputs[sid] = result.output
@@ -204,10 +206,11 @@ class RunState:
         cache = self.caches.pop(sid, None) if self.caches else None
         started_ms = None if t0 is None else (t0 - base) * 1000
         duration_ms = 0.0 if t0 is None or t1 is None else (t1 - t0) * 1000
+        env = self.env
         log = outcome.attempt_log
         attempts = outcome.attempts
-        if log is None and self.env.cut_short:  # a remote attempt the run cut short
-            log = self.env.cut_short.pop(sid, None)
+        if log is None and env.cut_short:  # a remote attempt the run cut short
+            log = env.cut_short.pop(sid, None)
             attempts = len(log) if log else attempts
         if log is None:
             attempt_runs: tuple[AttemptRun, ...] = ()
@@ -240,7 +243,7 @@ class RunState:
                 "error": result.error,
                 "exception_type": None if exc is None else type(exc).__name__,
                 "traceback": None if exc is None else outcome.formatted_traceback(),
-                "steps": tuple(steps) if (steps := self.env.steps.pop(sid, None)) else (),
+                "steps": tuple(steps) if env.steps and (steps := env.steps.pop(sid, None)) else (),
             },
         )
 
@@ -268,8 +271,9 @@ class RunState:
             self.current_wave += 1
             self.ready.extend(self.held[self.current_wave])
             self.held[self.current_wave].clear()
-            if self.stop_kind is None:
-                self.env.reporter.wave_started(self.current_wave, plan.waves[self.current_wave])
+            reporter = self.env.reporter
+            if self.stop_kind is None and reporter.enabled:
+                reporter.wave_started(self.current_wave, plan.waves[self.current_wave])
 
     def abandon(self, reason: str) -> None:
         """End every stage still in flight or unstarted as cancelled (the run is torn down)."""
