@@ -406,14 +406,14 @@ class StageDefinition:
             and not isinstance(stage, type)
             and (timeout_ms is None or _positive_ms(timeout_ms))
             and (retry is None or type(retry) is RetryConfig)
-            and (cap is None or (_is_int(cap) and cap >= 0))
+            and (cap is None or ((type(cap) is int or _is_int(cap)) and cap >= 0))
             and (when is None or callable(when))
             and type(flags[0]) is bool
             and type(flags[1]) is bool
             and type(flags[2]) is bool
             and (text is None or isinstance(text, str))
             and (runner is None or (type(runner) is str and runner.strip()))
-            and (type(cache_version) is str or _is_int(cache_version))
+            and (type(cache_version) in (str, int) or _is_int(cache_version))
             and (uses is None or not uses or _valid_uses(uses))
             and (
                 (batch_size is None and buffer is None)
