@@ -6,6 +6,8 @@ What an attempt *is* (events, timeout, converting errors into failures) lives in
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import inspect
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
@@ -13,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, final
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import sniffio
 
 from pipeline.functions import FunctionStage
 from pipeline.result import StageResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from pipeline.context import PipelineContext
     from pipeline.protocol import PipelineStage
@@ -115,15 +118,35 @@ class ThreadRunner:
                 returned = await returned
             return returned if isinstance(returned, StageResult) else StageResult.success(returned)
         return await anyio.to_thread.run_sync(
-            _run_on_own_loop, stage, input, context, limiter=self.limiter
+            _run_on_own_loop, stage, input, context, current_backend(), limiter=self.limiter
         )
 
     def __repr__(self) -> str:
         return "ThreadRunner()"
 
 
-def _run_on_own_loop(stage: PipelineStage[Any, Any], input: Any, context: Any) -> Any:
+def _run_on_own_loop(stage: PipelineStage[Any, Any], input: Any, context: Any, backend: str) -> Any:
     async def main() -> Any:
         return await stage.execute(input, context)
 
-    return anyio.run(main)
+    return run_async(main, backend)
+
+
+def current_backend() -> str:
+    """The running anyio backend's name (`"asyncio"` or `"trio"`), for a loop of its own."""
+    return sniffio.current_async_library()
+
+
+def run_async(fn: Callable[..., Awaitable[Any]], backend: str, *args: Any) -> Any:
+    """`anyio.run(fn, *args)` under `backend` (the run's), so a trio run's stage gets trio.
+
+    Falls back to asyncio where that backend is not installed (a Dask worker without trio).
+    """
+    if backend != "asyncio" and not _installed(backend):
+        backend = "asyncio"
+    return anyio.run(fn, *args, backend=backend)
+
+
+@functools.cache
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None

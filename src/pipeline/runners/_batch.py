@@ -4,8 +4,10 @@ Every item still goes through its own attempt chain (events, middleware, resourc
 timeout) and its own retry loop and cache; only the last step, the call of the runner, is
 shared. Items that reach that step together (`Batcher.submit`) are sent as one call; each item
 task then takes its own reply, applies its context writes and returns or raises as if it had
-been called alone. An item that times out stops waiting; a batch whose items all gave up is
-cancelled. A failed item's retry comes back alone (or with other items retrying then).
+been called alone. An item given up on (fail-fast, a cancel) stops waiting; a batch whose
+items all gave up is cancelled. A failed item's retry comes back alone (or with other items
+retrying then). A stage with `timeout_ms` is not batched (`start_batching`): its timeout
+counts only the item's own work, and in a batch an item waits for the others too.
 
     fan_out (batch_size > 1): items in flight = max_concurrent_fan_out x batch_size
       item chain ... -> Batcher.submit(item) --(batch full, or no more items arriving)--> one
@@ -83,8 +85,8 @@ class Batcher:
         self.context = context
         self._forming: _Batch | None = None
 
-    async def submit(self, value: Any, index: int | None, context: PipelineContext[Any]) -> Any:
-        """Run one item in the next batch; its writes are applied and its value returned."""
+    async def submit(self, value: Any, index: int | None) -> Reply:
+        """Run one item in the next batch; its reply (the caller applies it), or the call's error."""
         batch = self._forming
         if batch is None:
             batch = self._forming = _Batch()
@@ -105,7 +107,7 @@ class Batcher:
         if batch.error is not None:
             raise batch.error
         assert batch.replies is not None  # set before done
-        return self.runner.settle(batch.replies[position], context)
+        return batch.replies[position]
 
     async def _gather(self, batch: _Batch) -> None:
         """Let the items about to arrive join a partly filled batch, then send it."""
@@ -148,11 +150,22 @@ def start_batching(
 
     Called by the fan-out before it starts its item tasks (they inherit the batcher). A runner
     that cannot take batches (inline, threads, custom) gets one call per item as before.
+
+    A stage with `timeout_ms` is not batched either: each item is its own call. In a batch the
+    worker runs the items one after another and the replies come back together, so an item's
+    wait would include the work of the items before it (and after it), and an item that fits
+    its own `timeout_ms` could time out. One call per item keeps the timeout per item, as
+    SPEC section 9 says, and a timeout still returns at the item's deadline.
     """
     size = sdef.batch_size
     name = sdef.runner
     runner = env.runners.get(name) if name is not None else None
-    if size is None or size <= 1 or not callable(getattr(runner, "run_inputs", None)):
+    if (
+        size is None
+        or size <= 1
+        or sdef.timeout_ms is not None
+        or not callable(getattr(runner, "run_inputs", None))
+    ):
         return cap
     current_batcher.set(Batcher(cast("RemoteRunner", runner), sdef, size, tg, context))
     return cap * size

@@ -6,7 +6,9 @@ rest, identically for every backend:
 
     stage --cloudpickle, once per open session--> (digest, bytes)
     inputs + context snapshot --cloudpickle--> submit(run_call, digest, bytes, call)
-    wait (abandoned at once on timeout/cancel; then `_cancel`, reported as remote_stopped)
+      (an input that does not pickle is left out and fails alone, naming its item)
+    wait, inside the run clock's `busy()` (a `FakeClock` does not jump while a worker runs;
+      abandoned at once on timeout/cancel; then `_cancel`, reported as remote_stopped)
     replies --> context writes applied in order --> value returned / exception re-raised
 
 By default `_exchange` pickles, submits and waits in an anyio worker thread, so nothing here
@@ -28,9 +30,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from pipeline.clock import current_clock
 from pipeline.errors import RemoteError, RunnerError, UnpicklableError
 from pipeline.result import StageResult
-from pipeline.runners._base import REMOTE_STOPPED, REMOTE_TRACEBACK_ATTR
+from pipeline.runners._base import REMOTE_STOPPED, REMOTE_TRACEBACK_ATTR, current_backend
 from pipeline.runners._batch import current_batcher
 from pipeline.runners._pickling import dumps, explain
 from pipeline.runners._worker import (
@@ -169,16 +172,23 @@ class RemoteRunner:
         anything else is one call. Each attempt sets `REMOTE_STOPPED` for its record.
         """
         sid, stage = sdef.id, sdef.stage
-        batched = sdef.batch_size is not None and sdef.batch_size > 1
+        # A stage with `timeout_ms` is sent one item a call (see `start_batching`).
+        batched = sdef.batch_size is not None and sdef.batch_size > 1 and sdef.timeout_ms is None
 
         async def call_remote(call: AttemptCall) -> Any:
             REMOTE_STOPPED.set(False)
             if batched and call.item is not None:
                 batcher = current_batcher.get()
                 if batcher is not None and batcher.stage_id == sid:
-                    returned = await batcher.submit(call.input, call.item, call.context)
-                    REMOTE_STOPPED.set(True)
-                    return returned
+                    try:
+                        reply = await batcher.submit(call.input, call.item)
+                    except anyio.get_cancelled_exc_class():
+                        raise  # given up on: the batch may still run it
+                    except BaseException:
+                        REMOTE_STOPPED.set(True)  # the batch's call failed: nothing runs
+                        raise
+                    REMOTE_STOPPED.set(True)  # the batch came back: this item's work ended
+                    return self.settle(reply, call.context)
             stopped: list[bool] = []
             try:
                 replies = await self.run_inputs(
@@ -227,10 +237,24 @@ class RemoteRunner:
             raise UnpicklableError(stage_id, "the stage object", reason) from None
         snapshot = _snapshot(context, stage_id)
         labels: list[int | None] = list(items) if items is not None else [None] * len(inputs)
-        call = Call(stage_id, list(inputs), snapshot, labels)
-        job = _Job()
+        call = Call(stage_id, list(inputs), snapshot, labels, current_backend())
         try:
-            replies = await self._exchange(job, key, blob, call)
+            call_blob, refused = pickle_inputs(call)
+        except BaseException:
+            if stopped is not None:  # nothing was sent
+                stopped.append(True)
+            raise
+        if len(refused) == len(labels):  # no input pickles: nothing to send
+            if stopped is not None:
+                stopped.append(True)
+            return [refused[i] for i in range(len(labels))]
+        job = _Job()
+        # Work the event loop cannot see: a `FakeClock` must not jump time while it runs (its
+        # real duration is not the run's time), as for a worker thread.
+        busy = getattr(current_clock.get(), "busy", None)
+        try:
+            with busy() if callable(busy) else contextlib.nullcontext():
+                replies = await self._exchange(job, key, blob, call_blob)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 confirmed = await self._stop(job)
@@ -243,6 +267,9 @@ class RemoteRunner:
             raise
         if stopped is not None:
             stopped.append(True)
+        if refused:  # the replies of the inputs that were sent, the refusals in their places
+            sent = iter(replies)
+            return [refused[i] if i in refused else next(sent) for i in range(len(labels))]
         return replies
 
     def settle(self, reply: Reply, context: PipelineContext[Any]) -> Any:
@@ -253,20 +280,19 @@ class RemoteRunner:
             return StageResult.success(reply.payload) if reply.plain else reply.payload
         raise rebuild(reply.payload)
 
-    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
-        """Send `call` and wait for its replies (by default all of it in a worker thread).
+    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
+        """Send the pickled call and wait for its replies (by default in a worker thread).
 
         Cancelling it stops the wait at once (the thread is abandoned); `_stop` then cancels
         the remote work.
         """
         replies: list[Reply] = await anyio.to_thread.run_sync(
-            self._round_trip, job, key, blob, call, abandon_on_cancel=True
+            self._round_trip, job, key, blob, call_blob, abandon_on_cancel=True
         )
         return replies
 
-    def _round_trip(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
-        """In a worker thread: pickle the call, submit it, wait, unpickle the replies."""
-        call_blob = pickle_call(call)
+    def _round_trip(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
+        """In a worker thread: submit the call, wait, unpickle the replies."""
         with job.lock:
             if job.abandoned:
                 return []
@@ -305,6 +331,40 @@ def pickle_call(call: Call) -> bytes:
         return dumps(wire_call(call))
     except Exception:  # noqa: BLE001  # name the part of the call that does not pickle
         raise _unpicklable_call(call) from None
+
+
+def pickle_inputs(call: Call) -> tuple[bytes, dict[int, Reply]]:
+    """`call` pickled without the inputs that do not pickle, and a failed reply for each of them.
+
+    One unpicklable input fails only its own item (naming it); the others are sent. Returns
+    `(call_blob, {position: reply})`; when nothing pickles the blob is empty. Raises the
+    `UnpicklableError` of the context snapshot when that is what does not pickle (every input
+    of the call needs it).
+    """
+    try:
+        return dumps(wire_call(call)), {}
+    except Exception:  # noqa: BLE001  # find the inputs that do not pickle
+        pass
+    refused: dict[int, Reply] = {}
+    for position, (index, value) in enumerate(zip(call.items, call.inputs, strict=True)):
+        try:
+            dumps(value)
+        except Exception:  # noqa: BLE001  # this one fails alone
+            what = "input" if index is None else f"input of item {index}"
+            problem = UnpicklableError(call.stage_id, what, explain(value, "input"))
+            refused[position] = Reply(ok=False, payload=_info(problem), writes=[])
+    if not refused:  # the inputs pickle one by one: the snapshot does not
+        raise _unpicklable_call(call) from None
+    if len(refused) == len(call.inputs):
+        return b"", refused
+    kept = [i for i in range(len(call.inputs)) if i not in refused]
+    rest = call._replace(inputs=[call.inputs[i] for i in kept], items=[call.items[i] for i in kept])
+    return pickle_call(rest), refused
+
+
+def _info(problem: UnpicklableError) -> ErrorInfo:
+    """`problem` as a worker would have sent it back (no remote traceback: it never left)."""
+    return ErrorInfo(problem, type(problem).__name__, str(problem), "")
 
 
 def _snapshot(context: PipelineContext[Any], stage_id: str) -> Snapshot:

@@ -21,12 +21,10 @@ import traceback
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-import anyio
-
 from pipeline.context import PipelineContext
 from pipeline.errors import UnpicklableError
 from pipeline.result import StageResult
-from pipeline.runners._base import sync_body
+from pipeline.runners._base import run_async, sync_body
 from pipeline.runners._pickling import dumps, explain, try_dumps
 
 if TYPE_CHECKING:
@@ -59,6 +57,8 @@ class Call(NamedTuple):
     snapshot: Snapshot
     items: list[int | None]
     """The fan-out item index of each input (for messages), None for a whole stage's input."""
+    backend: str = "asyncio"
+    """The caller's anyio backend: an async stage body runs under it (`run_async`)."""
 
 
 class ErrorInfo(NamedTuple):
@@ -127,9 +127,9 @@ def run_call(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> bytes:
         _stages[stage_key] = stage
         while len(_stages) > KEPT_STAGES:
             _stages.popitem(last=False)
-    sid, inputs, snap, items = pickle.loads(call_blob)  # our own bytes: `wire_call`'s tuple
+    sid, inputs, snap, items, backend = pickle.loads(call_blob)  # our bytes: `wire_call`'s
     snapshot = Snapshot(*snap)
-    replies = [_run_one(stage, value, snapshot) for value in inputs]
+    replies = [_run_one(stage, value, snapshot, backend) for value in inputs]
     try:
         return dumps([tuple(reply) for reply in replies])
     except Exception:  # noqa: BLE001  # find the reply that does not pickle, replace it
@@ -139,7 +139,7 @@ def run_call(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> bytes:
 
 def wire_call(call: Call) -> tuple[Any, ...]:
     """`call` as the plain tuples `run_call` unpickles (cheaper to pickle than NamedTuples)."""
-    return (call.stage_id, call.inputs, tuple(call.snapshot), call.items)
+    return (call.stage_id, call.inputs, tuple(call.snapshot), call.items, call.backend)
 
 
 def replies_from_wire(reply_blob: bytes) -> list[Reply]:
@@ -147,18 +147,18 @@ def replies_from_wire(reply_blob: bytes) -> list[Reply]:
     return [Reply(*reply) for reply in pickle.loads(reply_blob)]  # our worker's bytes
 
 
-def _run_one(stage: PipelineStage[Any, Any], value: Any, snapshot: Snapshot) -> Reply:
+def _run_one(stage: PipelineStage[Any, Any], value: Any, snapshot: Snapshot, backend: str) -> Reply:
     # PipelineContext copies state, metrics and services: one item's writes are not another's
     # reads.
     context = RemoteContext(snapshot)
     try:
         body = sync_body(stage)
         if body is None:  # an async stage: its own event loop in this worker
-            returned = anyio.run(_execute, stage, value, context)
+            returned = run_async(_execute, backend, stage, value, context)
         else:
             returned = body(value, context)
             if inspect.isawaitable(returned):  # a sync callable that hands back a coroutine
-                returned = anyio.run(_await, returned)
+                returned = run_async(_await, backend, returned)
             if not isinstance(returned, StageResult):
                 return Reply(ok=True, payload=returned, writes=context.writes, plain=True)
     except BaseException as exc:  # noqa: BLE001  # everything goes back to the executor

@@ -15,6 +15,7 @@ No thread waits per call: one thread fetches the results of all finished tasks i
 
 from __future__ import annotations
 
+import asyncio  # noqa: TID251  # only on the cluster's own (asyncio) loop thread, never the run's
 import contextlib
 import queue
 import threading
@@ -29,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - the dev environment has it
     raise ImportError(msg) from exc
 
 from pipeline.errors import DefinitionError, RunnerError
-from pipeline.runners._remote import RemoteRunner, pickle_call
+from pipeline.runners._remote import RemoteRunner
 from pipeline.runners._wake import loop_inbox
 from pipeline.runners._worker import replies_from_wire, run_call, warm_up
 
@@ -37,12 +38,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.runners._remote import _Job
-    from pipeline.runners._worker import Call, Reply
+    from pipeline.runners._worker import Reply
 
 CONNECT_TIMEOUT_S = 30
 """How long connecting to a scheduler at `address` may take."""
 STOP_GRACE_S = 5.0
 """How long closing the runner waits for its gather thread to end."""
+KILL_AFTER_S = 0.25
+"""Closing a cluster the runner owns while tasks given up on may still run: how long (times
+0.8) each worker process may take to stop before it is killed."""
 
 _NOT_RUNNING = frozenset(
     {"released", "waiting", "queued", "no-worker", "forgotten", "memory", "erred"}
@@ -138,6 +142,9 @@ class DaskRunner(RemoteRunner):
         if client is not None and client is not self._given:
             client.close()
         if cluster is not None:
+            if abandoned:  # tasks given up on may still run: stop their workers, do not wait
+                with contextlib.suppress(Exception):
+                    cluster.sync(_stop_worker_processes, list(cluster.workers.values()))
             cluster.close()
 
     def _submit(self, fn: Callable[..., bytes], *args: Any) -> Any:
@@ -149,14 +156,13 @@ class DaskRunner(RemoteRunner):
         result: bytes = handle.result()
         return result
 
-    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
+    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
         """Submit from the event loop (a non-blocking call); the gather thread sends the result.
 
         Cancelling it stops the wait at once; `_stop` then cancels the task.
         """
         gatherer = self._gatherer
         assert gatherer is not None  # called only while open
-        call_blob = pickle_call(call)
         done = anyio.Event()
         inbox = loop_inbox()
         outcome: list[bytes | BaseException] = []
@@ -262,6 +268,19 @@ def _result(future: Any) -> bytes | BaseException:
     except BaseException as exc:  # noqa: BLE001  # the call's outcome, raised on the loop
         return exc
     return value
+
+
+async def _stop_worker_processes(workers: list[Any]) -> None:
+    """On the cluster's loop: close each worker process, killing it after `KILL_AFTER_S`.
+
+    A `LocalCluster` closing on its own asks each worker to finish its running task and kills
+    it only after 4 s; a task given up on (a timeout) may run far longer.
+    """
+    nannies = [w for w in workers if isinstance(w, distributed.Nanny)]
+    await asyncio.gather(
+        *(n.close(timeout=KILL_AFTER_S, reason="pipeline-abandoned-work") for n in nannies),
+        return_exceptions=True,
+    )
 
 
 def _task_state(key: Any, dask_scheduler: Any = None) -> str | None:

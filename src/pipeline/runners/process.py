@@ -20,7 +20,7 @@ import anyio
 
 from pipeline.errors import DefinitionError
 from pipeline.runners._pickling import cloudpickle_module
-from pipeline.runners._remote import RemoteRunner, pickle_call
+from pipeline.runners._remote import RemoteRunner
 from pipeline.runners._wake import loop_inbox
 from pipeline.runners._worker import replies_from_wire, run_call, warm_up
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.runners._remote import _Job
-    from pipeline.runners._worker import Call, Reply
+    from pipeline.runners._worker import Reply
 
 
 @final
@@ -40,7 +40,8 @@ class ProcessRunner(RemoteRunner):
     a call still queued is cancelled (`remote_stopped=True` on its attempt record); one already
     running cannot be interrupted: its result is dropped (`remote_stopped=False`), and if such
     calls are still running when the runner closes, its worker processes are terminated rather
-    than waited for.
+    than waited for. A worker that dies fails the calls it had; the pool is renewed, and a call
+    that finds the pool broken before it was sent goes to the new pool.
 
     Use it as `PipelineExecutor(runners={"cpu": ProcessRunner()})` and
     `StageDefinition(..., runner="cpu")`. The executor opens the pool for each run; enter it
@@ -103,14 +104,13 @@ class ProcessRunner(RemoteRunner):
     def _wait(self, handle: Future[bytes]) -> bytes:
         return handle.result()
 
-    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call: Call) -> list[Reply]:
+    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
         """Submit from the event loop and wake it from the future's callback: no thread hop.
 
         The pool's queue thread does the waiting; the loop is woken once for each burst of
-        finished calls (`LoopInbox`). The call is pickled here, on the loop (inputs are
-        usually small; pass paths rather than large data).
+        finished calls (`LoopInbox`). The call was pickled on the loop (inputs are usually
+        small; pass paths rather than large data).
         """
-        call_blob = pickle_call(call)
         done = anyio.Event()
         inbox = loop_inbox()
 
@@ -121,20 +121,33 @@ class ProcessRunner(RemoteRunner):
 
         pool = self._pool
         try:
-            with job.lock:
-                handle = job.handle = self._submit(run_call, key, blob, call_blob)
-                with self._count_lock:
-                    self.calls_sent += 1
-                    self.in_flight += 1
+            try:
+                handle = self._send(job, key, blob, call_blob)
+            except BrokenProcessPool:
+                # The pool broke before this call (a worker killed by work given up on
+                # earlier): nothing was sent, so renew the pool and send it there.
+                await anyio.to_thread.run_sync(self._renew, pool)
+                pool = self._pool
+                handle = self._send(job, key, blob, call_blob)
             handle.add_done_callback(on_done)
             await done.wait()
             reply_blob = handle.result()
         except BrokenProcessPool:
-            # A worker died (killed, out of memory, a crash in C code): this attempt fails,
-            # and the next one (a retry, the next run) gets a fresh pool.
+            # A worker died while this call was in the pool (killed, out of memory, a crash in
+            # C code): this attempt fails, and the next one (a retry, the next run) gets a
+            # fresh pool.
             await anyio.to_thread.run_sync(self._renew, pool)
             raise
         return replies_from_wire(reply_blob)
+
+    def _send(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> Future[bytes]:
+        with job.lock:
+            handle: Future[bytes] = self._submit(run_call, key, blob, call_blob)
+            job.handle = handle
+            with self._count_lock:
+                self.calls_sent += 1
+                self.in_flight += 1
+        return handle
 
     def _renew(self, broken: ProcessPoolExecutor | None) -> None:
         with self._lock:

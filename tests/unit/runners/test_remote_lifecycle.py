@@ -84,6 +84,24 @@ async def until(predicate: Any) -> None:
             await anyio.sleep(0.01)
 
 
+async def closes_within(runner: RemoteRunner, seconds: float) -> None:
+    """Close `runner`, failing if that takes longer than `seconds`.
+
+    Closing is shielded from cancellation, so a `fail_after` around it could not trip: the
+    bound is on waiting for it to finish, in another task.
+    """
+    closed = anyio.Event()
+
+    async def close() -> None:
+        await runner.__aexit__(None, None, None)
+        closed.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(close)
+        with anyio.fail_after(seconds):
+            await closed.wait()
+
+
 # -- opening and closing ----------------------------------------------------------------------------
 async def test_the_executor_opens_a_runner_for_each_run_unless_the_caller_did() -> None:
     runner = ProcessRunner(1)
@@ -149,8 +167,7 @@ async def test_a_remote_timeout_returns_at_the_deadline_without_waiting_for_the_
         with anyio.fail_after(3):  # the worker sleeps 5 s: waiting for it would trip this
             result = await run_on(runner, stage, 1)
     finally:
-        with anyio.fail_after(3):  # nor does closing wait for it (the worker is terminated)
-            await runner.__aexit__(None, None, None)
+        await closes_within(runner, 3)  # nor does closing wait for it (it is terminated)
     assert result.stage_results["slow"].error == "Timeout: stage 'slow' exceeded timeout_ms=300"
     (attempt,) = result.stage_runs["slow"].attempt_runs
     assert attempt.remote_stopped is False  # it was running: not confirmed stopped
