@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from pipeline._attempt import events_link, execute_link, timeout_link
+from pipeline._attempt import events_link, execute_link, plain_link, timeout_link
 from pipeline._flow import middleware_links, resources_link
 from pipeline._outputs import output_check_link
 from pipeline.definition import ATTEMPT_CHAIN_ATTR
@@ -29,6 +29,9 @@ def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     the definition and reused by the next run of the same executor: building it costs about
     0.3 us a stage (1 us observed; benchmarks/overhead.py W1/W2 and the observer rows).
     """
+    plain = plain_link(sdef, env)
+    if plain is not None:
+        return plain
     observed = env.reporter.enabled
     kept = sdef.__dict__.get(_KEPT)
     # The executor's settings (runners, resources, middleware, validate_outputs, observers) are

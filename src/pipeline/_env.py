@@ -46,6 +46,9 @@ class RunEnv:
     """Identifies the executor's fixed settings, so a stage's attempt chain can be reused."""
     definition: PipelineDefinition | None = None
     """The definition being run (durable steps read their stage's `cache_version` from it)."""
+    plain: bool = False
+    """No observers, middleware or output checks in this run: a stage with no `timeout_ms`,
+    `uses=` or runner needs no attempt chain (`pipeline._attempt.plain_link`)."""
     validate_outputs: bool = False
     """Check each output against its declared type (`PipelineExecutor(validate_outputs=True)`)."""
     outputs: Mapping[str, Any] = field(default_factory=dict)

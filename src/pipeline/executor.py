@@ -289,6 +289,7 @@ class PipelineExecutor:
             resources=self.resources,
             middleware=self.middleware,
             validate_outputs=self.validate_outputs,
+            plain=not reporter.enabled and not self.validate_outputs and not self.middleware,
             store=self.cache,
             serializer=self.cache_serializer,
             tally=None if self.cache is None else CacheTally(),

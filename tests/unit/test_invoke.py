@@ -9,6 +9,7 @@ runs on asyncio and trio.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -32,6 +33,7 @@ from pipeline._outcome import AttemptRecord, Outcome
 from pipeline._reporter import NULL_REPORTER
 from pipeline.cache import JsonSerializer, MemoryCache
 from pipeline.cache._step import CacheTally
+from pipeline.definition import ATTEMPT_CHAIN_ATTR
 from pipeline.result import UNKNOWN_STAGE
 from pipeline.runners import INLINE, THREADS, InlineRunner, ThreadRunner
 from pipeline.testing import Block, Delay, Fail, FakeClock, ScriptedStage
@@ -122,6 +124,9 @@ def link_names(chain: Handler) -> list[str]:
     names: list[str] = []
     link: Any = chain
     while link is not None:
+        if isinstance(link, functools.partial):  # the innermost call: `run_attempt`, bound
+            names.append(link.func.__name__)
+            break
         names.append(link.__name__)
         cells = dict(zip(link.__code__.co_freevars, link.__closure__ or (), strict=True))
         cell = cells.get("inner")
@@ -187,14 +192,30 @@ def test_chain_links_depend_on_observation_and_timeout() -> None:
     clock = FakeClock()
     plain = StageDefinition("s", ScriptedStage(1))
     timed = StageDefinition("t", ScriptedStage(1), timeout_ms=100)
-    assert link_names(build_chain(plain, make_env(clock))) == ["execute"]
-    assert link_names(build_chain(timed, make_env(clock))) == ["with_timeout", "execute"]
-    assert link_names(build_chain(plain, make_env(clock, EventLog()))) == ["reported", "execute"]
+    assert link_names(build_chain(plain, make_env(clock))) == ["run_attempt"]
+    assert link_names(build_chain(timed, make_env(clock))) == ["with_timeout", "run_attempt"]
+    assert link_names(build_chain(plain, make_env(clock, EventLog()))) == [
+        "reported",
+        "run_attempt",
+    ]
     assert link_names(build_chain(timed, make_env(clock, EventLog()))) == [
         "reported",
         "with_timeout",
-        "execute",
+        "run_attempt",
     ]
+
+
+def test_a_plain_run_calls_the_stage_with_no_chain_built_or_kept() -> None:
+    """No observers, middleware or output checks (`env.plain`): a stage with no timeout,
+    `uses=` or runner is called directly, and nothing is kept on its definition."""
+    clock = FakeClock()
+    env = dataclasses.replace(make_env(clock), plain=True, chain_key=object())
+    plain = StageDefinition("s", ScriptedStage(1))
+    assert link_names(build_chain(plain, env)) == ["run_attempt"]
+    assert ATTEMPT_CHAIN_ATTR not in plain.__dict__
+    timed = StageDefinition("t", ScriptedStage(1), timeout_ms=100)
+    assert link_names(build_chain(timed, env)) == ["with_timeout", "run_attempt"]
+    assert ATTEMPT_CHAIN_ATTR in timed.__dict__  # a chain with links is kept, as before
 
 
 def test_a_chain_is_kept_per_executor_and_clock() -> None:
