@@ -250,6 +250,11 @@ async def invoke_stage(
         clock = env.clock
         t0 = clock.now()
         outcome = await chain(AttemptCall(sid, None, 1, value, context))
-        outcome.attempt_log = [_record(outcome, 1, 0.0, t0, clock.now())]
+        t1 = clock.now()
+        if outcome.remote_stopped is None and not outcome.resource_wait_s:  # `_record`, inlined
+            error = None if outcome.result.success else outcome.result.error
+            outcome.attempt_log = [AttemptRecord(1, 0.0, t0, t1, error)]
+        else:
+            outcome.attempt_log = [_record(outcome, 1, 0.0, t0, t1)]
         return outcome
     return await invoke_one(sdef, chain, value, context, None, env, cache)

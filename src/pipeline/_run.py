@@ -265,7 +265,7 @@ class RunState:
                     self.held[wave].append(succ)
         wave_left = self.wave_left
         wave_left[wave_of[sid]] -= 1
-        if eager:
+        if eager or wave_left[self.current_wave]:  # the current wave is not done yet
             return
         while self.current_wave + 1 < len(wave_left) and wave_left[self.current_wave] == 0:
             self.current_wave += 1
