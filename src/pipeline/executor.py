@@ -260,10 +260,10 @@ class PipelineExecutor:
     ) -> PipelineResult:
         issues = self._issues(pipeline)
         if issues:  # before opening any runner: an invalid run starts no pool or cluster
-            result = self._invalid(pipeline, issues, ctx, reporter)
-            reporter.run_started(pipeline.name, None, self.scheduling)
-            reporter.run_finished(result)
-            return result
+            messages = [issue.message for issue in issues]
+            error = f"invalid pipeline definition: {'; '.join(messages)}"
+            details: tuple[str, object] = ("validation_errors", messages)
+            return self._not_run(pipeline, ctx, reporter, "validation", error, details)
         used = used_by(self._openable, pipeline.stages) if self._openable and not opened else ()
         if used:  # pools, clusters: open for the run (a caller's own entry keeps them open)
             async with AsyncExitStack() as stack:
@@ -271,10 +271,11 @@ class PipelineExecutor:
                     try:
                         await stack.enter_async_context(runner)
                     except Exception as exc:  # noqa: BLE001  # a run reports it, never raises
-                        result = self._unopened(pipeline, name, exc, ctx, reporter)
-                        reporter.run_started(pipeline.name, None, self.scheduling)
-                        reporter.run_finished(result)
-                        return result
+                        users = ", ".join(repr(s.id) for s in pipeline.stages if s.runner == name)
+                        message = f"runner {name!r} could not start: {exception_text(exc)}"
+                        error = f"{message} (needed by {users}); nothing ran"
+                        details = ("runner_errors", {name: message})
+                        return self._not_run(pipeline, ctx, reporter, "runners", error, details)
                 return await self._execute(
                     pipeline, initial_input, ctx, started, deadline, reporter, opened=True
                 )
@@ -489,51 +490,28 @@ class PipelineExecutor:
 
         return on_cancel
 
-    def _unopened(
+    def _not_run(
         self,
         pipeline: PipelineDefinition,
-        name: str,
-        exc: Exception,
         ctx: PipelineContext[Any],
         reporter: Reporter,
+        cause: Literal["validation", "runners"],
+        error: str,
+        details: tuple[str, object],
     ) -> PipelineResult:
-        """The result of a run whose runner `name` could not open: its stages never started."""
-        users = [s.id for s in pipeline.stages if s.runner == name]
-        message = f"runner {name!r} could not start: {exception_text(exc)}"
-        metadata = ctx.metrics_snapshot()
-        metadata["runner_errors"] = {name: message}
-        return PipelineResult.model_construct(
-            pipeline_name=pipeline.name,
-            success=False,
-            failed_stages=["runners"],
-            metadata=metadata,
-            error=f"{message} (needed by {', '.join(map(repr, users))}); nothing ran",
-            scheduling=self.scheduling,
-            outputs={},
-            stage_results={},
-            skipped_stages=[],
-            cancelled_stages=[],
-            total_duration_ms=0.0,
-            stage_runs={},
-            run_id=reporter.run_id,
-        )
+        """The result of a run that started no stage (invalid, or a runner would not open).
 
-    def _invalid(
-        self,
-        pipeline: PipelineDefinition,
-        issues: tuple[ValidationIssue, ...],
-        ctx: PipelineContext[Any],
-        reporter: Reporter,
-    ) -> PipelineResult:
-        messages = [issue.message for issue in issues]
+        `failed_stages` is `[cause]` and `details` a `(metadata key, value)` pair; observers
+        still see the run start and finish.
+        """
         metadata = ctx.metrics_snapshot()
-        metadata["validation_errors"] = messages
-        return PipelineResult.model_construct(
+        metadata[details[0]] = details[1]
+        result = PipelineResult.model_construct(
             pipeline_name=pipeline.name,
             success=False,
-            failed_stages=["validation"],
+            failed_stages=[cause],
             metadata=metadata,
-            error=f"invalid pipeline definition: {'; '.join(messages)}",
+            error=error,
             scheduling=self.scheduling,
             outputs={},
             stage_results={},
@@ -543,6 +521,9 @@ class PipelineExecutor:
             stage_runs={},
             run_id=reporter.run_id,
         )
+        reporter.run_started(pipeline.name, None, self.scheduling)
+        reporter.run_finished(result)
+        return result
 
 
 def _named(field: str, given: Mapping[str, T] | None, method: str, fix: str) -> dict[str, T]:
