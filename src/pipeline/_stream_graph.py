@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from pipeline._validation import execute_kind
 from pipeline._wrapped import unwrap_stage
 from pipeline.definition import ExecutionPattern
 from pipeline.errors import ValidationIssue
@@ -92,41 +93,10 @@ def producer_body(
     if isinstance(stage, FunctionStage):
         fn: Any = stage.fn
         return fn if stage.is_producer else None
-    if not _execute_is_async_generator(stage):
+    if execute_kind(stage) != "producer":
         return None
     body: Callable[[Any, PipelineContext[Any]], AsyncIterator[Any]] = stage.execute  # type: ignore[attr-defined]  # checked above
     return body
-
-
-_async_generator_execute: dict[type[object], bool] = {}
-"""Per class: its `execute` is an async generator function. Every stage of every new definition
-is asked once (`stream_groups`); `inspect` on each bound method cost ~1 us a stage (W1/W2 of
-benchmarks/overhead.py), a dict lookup costs ~0.05. Instances that set their own `execute` are
-asked each time (as `pipeline._validation.has_async_execute` does)."""
-
-
-def _execute_is_async_generator(stage: object) -> bool:
-    cls = type(stage)
-    own = getattr(stage, "__dict__", None)
-    per_class = own is None or "execute" not in own
-    if per_class:
-        known = _async_generator_execute.get(cls)
-        if known is not None:
-            return known
-    execute = getattr(stage, "execute", None)
-    answer = execute is not None and inspect.isasyncgenfunction(execute)
-    if per_class:
-        _async_generator_execute[cls] = answer
-    return answer
-
-
-def _may_produce(sdef: StageDefinition) -> bool:
-    """`is_producer`, answered from the per-class cache when it can (a plain class's stage)."""
-    stage = sdef.stage
-    known = _async_generator_execute.get(type(stage))
-    if known is False and "execute" not in getattr(stage, "__dict__", ()):
-        return False
-    return is_producer(sdef)
 
 
 def is_producer(sdef: StageDefinition) -> bool:
@@ -196,7 +166,7 @@ def stream_groups(definition: PipelineDefinition) -> Mapping[str, StreamGroup]:
 
 
 def _find_groups(definition: PipelineDefinition) -> dict[str, StreamGroup]:
-    if not any(map(_may_produce, definition.stages)):
+    if not any(map(is_producer, definition.stages)):
         return {}  # the common case: one cheap look at each stage (~0.1 us), no dict of them
     plan = definition.plan
     stages = {s.id: s for s in definition.stages}

@@ -16,7 +16,7 @@ import inspect
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from pipeline._graph import scan
 from pipeline.errors import ValidationIssue
@@ -254,24 +254,41 @@ def _looks_fine(s: StageDefinition, known: set[str]) -> bool:
     )
 
 
-_async_execute: dict[type[object], bool] = {}
+ExecuteKind = Literal["async", "producer"]
+"""What a stage's `execute` is: an `async def`, or an async generator (a streaming producer)."""
+
+_execute_kinds: dict[type[object], ExecuteKind | None] = {}
+"""Per class (validation, the type checks and the streaming graph ask once per stage of every
+new definition: `inspect` on a bound method costs ~1 us, a dict lookup ~0.05)."""
+
+
+def execute_kind(stage: object) -> ExecuteKind | None:
+    """Whether `stage.execute` is an `async def` or an async generator, else None.
+
+    Answered once per class, unless an instance sets its own `execute` (asked each time).
+    """
+    own = getattr(stage, "__dict__", None)
+    per_class = own is None or "execute" not in own
+    if per_class:
+        try:
+            return _execute_kinds[type(stage)]
+        except KeyError:
+            pass
+    execute = getattr(stage, "execute", None)
+    kind: ExecuteKind | None = None
+    if callable(execute):
+        if inspect.iscoroutinefunction(execute):
+            kind = "async"
+        elif inspect.isasyncgenfunction(execute):
+            kind = "producer"
+    if per_class:
+        _execute_kinds[type(stage)] = kind
+    return kind
 
 
 def has_async_execute(stage: object) -> bool:
-    """`stage.execute` is an `async def` (answered once per class unless an instance overrides)."""
-    cls = type(stage)
-    own = getattr(stage, "__dict__", None)
-    if own is None or "execute" not in own:
-        known = _async_execute.get(cls)
-        if known is not None:
-            return known
-    execute = getattr(stage, "execute", None)
-    answer = callable(execute) and (
-        inspect.iscoroutinefunction(execute) or inspect.isasyncgenfunction(execute)  # a producer
-    )
-    if own is None or "execute" not in own:
-        _async_execute[cls] = answer
-    return answer
+    """`stage.execute` is an `async def` or an async generator (a producer)."""
+    return execute_kind(stage) is not None
 
 
 def _cycle_text(cycle: tuple[str, ...]) -> str:
