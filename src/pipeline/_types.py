@@ -16,7 +16,6 @@ import inspect
 import logging
 import types
 import typing
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar
 
@@ -51,22 +50,22 @@ FIX: Final = (
 
 # -- reading a stage's types -------------------------------------------------------------------
 
-_outputs: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
-_inputs: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
-"""Resolved types per stage class, or per function for a `FunctionStage` (weak: a class or
-function that goes away takes its entry with it)."""
+_outputs: dict[object, Any] = {}
+_inputs: dict[object, Any] = {}
+"""Resolved types per stage class, or per function for a `FunctionStage`. Plain dicts, read
+once per stage of every new definition (a weak dictionary's lookup cost ~0.25 us a stage of
+"validate + plan" in benchmarks/overhead.py); they hold their keys, so each starts over past
+`MAX_BY_CODE` entries."""
 
 _by_code: dict[tuple[object, ...], Any] = {}
 """Resolved types per (kind, code, globals, annotations) of a plain function: the functions a
 factory makes in a loop share all four, so their types are read once, not once each."""
 
 MAX_BY_CODE: Final = 4096
-"""`_by_code` starts over past this many entries (it holds its keys strongly)."""
+"""Each memo here starts over past this many entries (they hold their keys strongly)."""
 
 
-def _per_code(
-    stage: object, memo: weakref.WeakKeyDictionary[object, Any], resolve: Callable[[Any], Any]
-) -> Any:
+def _per_code(stage: object, memo: dict[object, Any], resolve: Callable[[Any], Any]) -> Any:
     """`resolve(stage)`, remembered per class (per function for a `FunctionStage`)."""
     stage = unwrap_stage(stage)
     key = stage.fn if isinstance(stage, FunctionStage) else type(stage)
@@ -84,8 +83,9 @@ def _per_code(
             if len(_by_code) >= MAX_BY_CODE:
                 _by_code.clear()
             _by_code[code] = found
-    with contextlib.suppress(Exception):  # not weakly referenceable: not remembered
-        memo[key] = found
+    if len(memo) >= MAX_BY_CODE:
+        memo.clear()
+    memo[key] = found
     return found
 
 
@@ -132,23 +132,7 @@ def stage_input_type(stage: object) -> Any:
 
     Read once per class or function; `Any` when there is none or it cannot be resolved.
     """
-    cls = type(stage)
-    found = _class_inputs.get(cls, _UNKNOWN)
-    if found is not _UNKNOWN:
-        return found
-    found = _per_code(stage, _inputs, _resolve_input)
-    if cls is not FunctionStage and getattr(stage, "__wrapped_stage__", None) is None:
-        if len(_class_inputs) >= MAX_BY_CODE:
-            _class_inputs.clear()
-        _class_inputs[cls] = found  # a plain class's stages all have its `execute`'s type
-    return found
-
-
-_class_inputs: dict[type, Any] = {}
-"""Input types of plain stage classes (not `FunctionStage`, not wrappers), in front of the weak
-per-class memo: validating a new definition asks once per stage, and the weak lookup cost
-~0.25 us a stage (benchmarks/overhead.py "validate + plan"). Holds classes strongly, so it
-starts over past `MAX_BY_CODE` entries."""
+    return _per_code(stage, _inputs, _resolve_input)
 
 
 def _resolve_input(stage: object) -> Any:
