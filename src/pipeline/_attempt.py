@@ -26,9 +26,8 @@ from pipeline._outcome import AttemptRecord, Outcome
 from pipeline._retry import will_retry
 from pipeline._text import exception_text
 from pipeline.errors import StageOutputError, StageTimeoutError
-from pipeline.functions import FunctionStage
 from pipeline.result import UNKNOWN_STAGE, StageResult
-from pipeline.runners._base import INLINE, REMOTE_STOPPED, THREADS
+from pipeline.runners._base import INLINE, REMOTE_STOPPED, default_runner_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -99,9 +98,7 @@ async def raise_if_not_a_failure(exc: BaseException) -> None:
 def execute_link(sdef: StageDefinition, env: RunEnv) -> Handler:
     """Innermost: the runner calls the stage; what it did becomes an `Outcome`."""
     sid, stage = sdef.id, sdef.stage
-    name = sdef.runner
-    if name is None:  # `default_runner_name`, inlined: built once per stage of a new definition
-        name = THREADS if isinstance(stage, FunctionStage) and not stage.is_async else INLINE
+    name = sdef.runner if sdef.runner is not None else default_runner_name(stage)
     runner = env.runners[name]
     # Inline is the common case: call `execute` directly rather than through the runner's
     # extra coroutine frame (about 0.4 us per attempt).
@@ -124,11 +121,9 @@ def plain_link(sdef: StageDefinition, env: RunEnv) -> Handler | None:
     if not env.plain or sdef.timeout_ms is not None or sdef.uses:
         return None
     stage, name = sdef.stage, sdef.runner
-    if name == INLINE or (
-        name is None and not (isinstance(stage, FunctionStage) and not stage.is_async)
-    ):
-        return functools.partial(run_attempt, sdef.id, stage, None)
-    return None
+    if (name if name is not None else default_runner_name(stage)) != INLINE:
+        return None
+    return functools.partial(run_attempt, sdef.id, stage, None)
 
 
 async def run_attempt(

@@ -210,7 +210,8 @@ async def condition_holds(
     if condition is None:
         return True
     if getattr(condition, CONDITION_ARGS_ATTR, False) is True:
-        outputs = MappingProxyType(dict(env.outputs)) if env is not None else MappingProxyType({})
+        # A read-only view, not a copy: it holds only stages that succeeded (finished) already.
+        outputs = MappingProxyType(env.outputs if env is not None else {})
         verdict = condition(context, value, outputs)
     else:
         verdict = condition(context)
@@ -250,11 +251,6 @@ async def invoke_stage(
         clock = env.clock
         t0 = clock.now()
         outcome = await chain(AttemptCall(sid, None, 1, value, context))
-        t1 = clock.now()
-        if outcome.remote_stopped is None and not outcome.resource_wait_s:  # `_record`, inlined
-            error = None if outcome.result.success else outcome.result.error
-            outcome.attempt_log = [AttemptRecord(1, 0.0, t0, t1, error)]
-        else:
-            outcome.attempt_log = [_record(outcome, 1, 0.0, t0, t1)]
+        outcome.attempt_log = [_record(outcome, 1, 0.0, t0, clock.now())]
         return outcome
     return await invoke_one(sdef, chain, value, context, None, env, cache)

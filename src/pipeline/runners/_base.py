@@ -63,7 +63,7 @@ def sync_body(stage: object) -> Callable[[Any, PipelineContext[Any]], Any] | Non
 
 def default_runner_name(stage: object) -> str:
     """`"threads"` for a sync function stage, `"inline"` for everything else."""
-    return THREADS if sync_body(stage) is not None else INLINE
+    return THREADS if isinstance(stage, FunctionStage) and not stage.is_async else INLINE
 
 
 @final
