@@ -164,6 +164,8 @@ def _remote_execute_link(
         t0 = clock.now()
         try:
             returned = await remote(call)
+        except StageTimeoutError as exc:  # the runner kept the item's timeout (a batch)
+            outcome = failed(sid, exc, call.attempt, str(exc))
         except Exception as exc:  # noqa: BLE001  # a stage's exception is its failure, by contract
             outcome = failed(sid, exc, call.attempt)
         except BaseException as exc:  # noqa: BLE001  # re-raised unless it is the stage's failure

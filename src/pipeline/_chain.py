@@ -15,6 +15,7 @@ from pipeline._attempt import events_link, execute_link, plain_link, timeout_lin
 from pipeline._flow import middleware_links, resources_link
 from pipeline._outputs import output_check_link
 from pipeline.definition import ATTEMPT_CHAIN_ATTR
+from pipeline.runners._batch import owns_item_timeouts
 
 if TYPE_CHECKING:
     from pipeline._attempt import Handler
@@ -44,7 +45,7 @@ def build_chain(sdef: StageDefinition, env: RunEnv) -> Handler:
     handler = execute_link(sdef, env)
     if env.validate_outputs:
         handler = output_check_link(sdef, env, handler)
-    if sdef.timeout_ms is not None:
+    if sdef.timeout_ms is not None and not owns_item_timeouts(sdef, env):
         handler = timeout_link(sdef, env, handler)
     if sdef.uses:
         handler = resources_link(sdef, env, handler)

@@ -6,8 +6,10 @@ shared. Items that reach that step together (`Batcher.submit`) are sent as one c
 task then takes its own reply, applies its context writes and returns or raises as if it had
 been called alone. An item given up on (fail-fast, a cancel) stops waiting; a batch whose
 items all gave up is cancelled. A failed item's retry comes back alone (or with other items
-retrying then). A stage with `timeout_ms` is not batched (`start_batching`): its timeout
-counts only the item's own work, and in a batch an item waits for the others too.
+retrying then). A stage with `timeout_ms` counts each item's own work only: on a runner whose
+workers reply item by item (`ProcessRunner`) an item's deadline starts when its turn in the
+batch comes, and when it passes the items after it are sent again in another batch; on other
+runners such a stage is not batched (`start_batching`).
 
     fan_out (batch_size > 1): items in flight = max_concurrent_fan_out x batch_size
       item chain ... -> Batcher.submit(item) --(batch full, or no more items arriving)--> one
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from pipeline._env import RunEnv
+    from pipeline.clock import Clock
     from pipeline.context import PipelineContext
     from pipeline.definition import StageDefinition
     from pipeline.runners._remote import RemoteRunner
@@ -51,19 +54,85 @@ current_batcher: ContextVar[Batcher | None] = ContextVar("pipeline_current_batch
 """The batcher of the fan-out the running item belongs to (set by `start_batching`)."""
 
 
-class _Batch:
-    """Items sent (or about to be sent) in one runner call; one event wakes them all."""
+class ItemTimedOut:
+    """What `Batcher.submit` returns when the item's own `timeout_ms` ran out.
 
-    __slots__ = ("done", "error", "indices", "live", "replies", "scope", "values")
+    The caller raises `StageTimeoutError` for it.
+    """
+
+    __slots__ = ("stopped",)
+
+    def __init__(self, stopped: bool) -> None:
+        self.stopped = stopped
+        """Whether the item's work is known to have ended (it came back, too late)."""
+
+
+class _Batch:
+    """Items sent (or about to be sent) in one runner call, with a reply slot and event each.
+
+    It is the call's `ReplySink`: a runner that streams fills the slots one by one; otherwise
+    they are filled together when the call returns. A slot left None with its event set is an
+    item the call did not run (skipped): that item joins another batch.
+    """
+
+    __slots__ = (
+        "cut",
+        "done",
+        "error",
+        "indices",
+        "job",
+        "live",
+        "replies",
+        "scope",
+        "sent",
+        "values",
+    )
 
     def __init__(self) -> None:
         self.values: list[Any] = []
         self.indices: list[int | None] = []
-        self.done = anyio.Event()
-        self.replies: list[Reply] | None = None
+        self.done: list[anyio.Event] = []
+        self.replies: list[Reply | None] = []
+        self.sent = anyio.Event()
         self.error: BaseException | None = None
         self.live = 0
         self.scope: anyio.CancelScope | None = None
+        self.job: Any = None
+        self.cut = -1
+        """Items from this position on were released (an item before them timed out)."""
+
+    def add(self, value: Any, index: int | None) -> int:
+        self.values.append(value)
+        self.indices.append(index)
+        self.done.append(anyio.Event())
+        self.replies.append(None)
+        self.live += 1
+        return len(self.values) - 1
+
+    def reply(self, position: int, reply: Reply) -> None:
+        """`ReplySink`: an item came back (ignored when it was released meanwhile)."""
+        if self.cut < 0 or position < self.cut:
+            self.replies[position] = reply
+            self.done[position].set()
+
+    def skip_from(self, position: int) -> None:
+        """`ReplySink`: the items from `position` on were not run."""
+        self.release_from(position)
+
+    def release_from(self, position: int) -> None:
+        """Items from `position` on that have not come back stop waiting for this call."""
+        self.cut = position if self.cut < 0 else min(self.cut, position)
+        for i in range(position, len(self.done)):
+            self.done[i].set()
+
+    def finish(self, replies: list[Reply] | None, error: BaseException | None) -> None:
+        """The call returned: fill the slots not filled yet (with `error`, if it failed)."""
+        self.error = error
+        if replies:
+            for position, reply in enumerate(replies):
+                self.reply(position, reply)
+        for event in self.done:
+            event.set()
 
 
 class Batcher:
@@ -76,6 +145,7 @@ class Batcher:
         size: int,
         tg: TaskGroup,
         context: PipelineContext[Any],
+        clock: Clock,
     ) -> None:
         self.runner = runner
         self.stage = sdef.stage
@@ -83,31 +153,71 @@ class Batcher:
         self.size = size
         self.tg = tg
         self.context = context
+        self.clock = clock
+        self.streamed = sdef.timeout_ms is not None and runner.streams_replies
+        """Replies come item by item (each item keeps its own deadline)."""
         self._forming: _Batch | None = None
 
-    async def submit(self, value: Any, index: int | None) -> Reply:
-        """Run one item in the next batch; its reply (the caller applies it), or the call's error."""
-        batch = self._forming
-        if batch is None:
-            batch = self._forming = _Batch()
-            self.tg.start_soon(self._gather, batch)
-        position = len(batch.values)
-        batch.values.append(value)
-        batch.indices.append(index)
-        batch.live += 1
-        if len(batch.values) >= self.size:
-            self._send(batch)
-        try:
-            await batch.done.wait()
-        except BaseException:
-            batch.live -= 1
-            if batch.live == 0 and batch.scope is not None:
-                batch.scope.cancel()  # nobody waits for this call any more
-            raise
-        if batch.error is not None:
-            raise batch.error
-        assert batch.replies is not None  # set before done
-        return batch.replies[position]
+    async def submit(
+        self, value: Any, index: int | None, limit_s: float | None = None
+    ) -> Reply | ItemTimedOut:
+        """Run one item in the next batch: its reply (the caller applies it), or the call's error.
+
+        With `limit_s` (the stage's `timeout_ms`, on a runner that `streams_replies`), the
+        item's own deadline starts when its turn in the batch comes (the batch is sent, or the
+        item before it returned); past it, `ItemTimedOut` is returned and the worker is told
+        to skip the items after it, which join another batch.
+        """
+        while True:
+            batch = self._forming
+            if batch is None:
+                batch = self._forming = _Batch()
+                self.tg.start_soon(self._gather, batch)
+            position = batch.add(value, index)
+            if len(batch.values) >= self.size:
+                self._send(batch)
+            try:
+                if limit_s is None:
+                    await batch.done[position].wait()
+                else:
+                    timed_out = await self._in_turn(batch, position, limit_s)
+                    if timed_out is not None:
+                        self._leave(batch)
+                        return timed_out
+            except BaseException:
+                self._leave(batch)
+                raise
+            reply = batch.replies[position]
+            if reply is not None:
+                return reply
+            if batch.error is not None:
+                raise batch.error
+            self._leave(batch)  # released (not run): into the next batch
+
+    async def _in_turn(self, batch: _Batch, position: int, limit_s: float) -> ItemTimedOut | None:
+        await (batch.sent if position == 0 else batch.done[position - 1]).wait()
+        if batch.done[position].is_set():  # released, or the call failed, before its turn
+            return None
+        clock = self.clock
+        t0 = clock.now()
+        with clock.deadline_scope(limit_s) as scope:
+            await batch.done[position].wait()
+        came_back = batch.replies[position] is not None
+        if scope.cancelled_caught or (came_back and clock.now() - t0 > limit_s):
+            if not came_back:
+                # The worker is still on this item: the items after it go to another batch
+                # now (their turn never came), and the worker is told to skip them.
+                batch.release_from(position + 1)
+                if batch.job is not None:
+                    self.runner.skip_rest(batch.job)
+            return ItemTimedOut(stopped=came_back)
+        return None
+
+    @staticmethod
+    def _leave(batch: _Batch) -> None:
+        batch.live -= 1
+        if batch.live == 0 and batch.scope is not None:
+            batch.scope.cancel()  # nobody waits for this call any more
 
     async def _gather(self, batch: _Batch) -> None:
         """Let the items about to arrive join a partly filled batch, then send it."""
@@ -121,26 +231,33 @@ class Batcher:
 
     def _send(self, batch: _Batch) -> None:
         self._forming = None
+        batch.sent.set()
         if batch.live == 0:  # every item gave up before it was sent
-            batch.done.set()
+            batch.finish(None, None)
             return
         batch.scope = anyio.CancelScope()
+        batch.job = self.runner.new_job()
         self.tg.start_soon(self._call, batch)
 
     async def _call(self, batch: _Batch) -> None:
         assert batch.scope is not None
+        streamed = self.streamed
+        replies: list[Reply] | None = None
+        error: BaseException | None = None
         with batch.scope:
             try:
-                batch.replies = await self.runner.run_inputs(
+                replies = await self.runner.run_inputs(
                     self.stage,
                     batch.values,
                     self.context,
                     stage_id=self.stage_id,
                     items=batch.indices,
+                    sink=batch if streamed else None,
+                    job=batch.job,
                 )
-            except Exception as exc:  # noqa: BLE001  # every item of the batch fails with it
-                batch.error = exc
-            batch.done.set()
+            except Exception as exc:  # noqa: BLE001  # every item still waiting fails with it
+                error = exc
+        batch.finish(replies, error)
 
 
 def start_batching(
@@ -151,24 +268,39 @@ def start_batching(
     Called by the fan-out before it starts its item tasks (they inherit the batcher). A runner
     that cannot take batches (inline, threads, custom) gets one call per item as before.
 
-    A stage with `timeout_ms` is not batched either: each item is its own call. In a batch the
-    worker runs the items one after another and the replies come back together, so an item's
-    wait would include the work of the items before it (and after it), and an item that fits
-    its own `timeout_ms` could time out. One call per item keeps the timeout per item, as
-    SPEC section 9 says, and a timeout still returns at the item's deadline.
+    A stage with `timeout_ms` is batched only on a runner that `streams_replies`
+    (`ProcessRunner`): its workers reply item by item, so each item's deadline can start when
+    its turn in the batch comes. On another (`DaskRunner`) each item is its own call: a batch
+    comes back as a whole, so an item's wait would include the other items' work and an item
+    that fits its own `timeout_ms` could time out.
     """
     size = sdef.batch_size
     name = sdef.runner
     runner = env.runners.get(name) if name is not None else None
-    if (
-        size is None
-        or size <= 1
-        or sdef.timeout_ms is not None
-        or not callable(getattr(runner, "run_inputs", None))
-    ):
+    if size is None or size <= 1 or not batches_on(sdef, runner):
         return cap
-    current_batcher.set(Batcher(cast("RemoteRunner", runner), sdef, size, tg, context))
+    current_batcher.set(Batcher(cast("RemoteRunner", runner), sdef, size, tg, context, env.clock))
     return cap * size
+
+
+def batches_on(sdef: StageDefinition, runner: object) -> bool:
+    """Whether `sdef`'s fan-out items go to `runner` in batches (given `batch_size > 1`)."""
+    if not callable(getattr(runner, "run_inputs", None)):
+        return False
+    return sdef.timeout_ms is None or bool(getattr(runner, "streams_replies", False))
+
+
+def owns_item_timeouts(sdef: StageDefinition, env: RunEnv) -> bool:
+    """Whether `sdef`'s runner keeps its `timeout_ms` per item itself (in batches).
+
+    Batched items' deadlines start at their turn in the batch; the attempt chain then has no
+    timeout link.
+    """
+    size = sdef.batch_size
+    if sdef.timeout_ms is None or size is None or size <= 1 or sdef.runner is None:
+        return False
+    runner = env.runners.get(sdef.runner)
+    return bool(getattr(runner, "streams_replies", False)) and batches_on(sdef, runner)
 
 
 def direct_batches(

@@ -24,17 +24,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from pipeline.clock import current_clock
-from pipeline.errors import RemoteError, RunnerError, UnpicklableError
+from pipeline.clock import SystemClock, current_clock
+from pipeline.errors import RemoteError, RunnerError, StageTimeoutError, UnpicklableError
 from pipeline.result import StageResult
 from pipeline.runners._base import REMOTE_STOPPED, REMOTE_TRACEBACK_ATTR, current_backend
-from pipeline.runners._batch import current_batcher
+from pipeline.runners._batch import ItemTimedOut, batches_on, current_batcher
 from pipeline.runners._pickling import dumps, explain
 from pipeline.runners._worker import (
     Call,
@@ -63,12 +63,40 @@ CANCEL_GRACE_S: Final = 5.0
 class _Job:
     """One call in flight: its handle once submitted, and whether the caller gave up on it."""
 
-    __slots__ = ("abandoned", "handle", "lock")
+    __slots__ = ("abandoned", "handle", "lock", "skip")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.handle: Any = None
         self.abandoned = False
+        self.skip = False
+        """The rest of the call's items were asked to be skipped before it was sent."""
+
+
+class ReplySink(Protocol):
+    """Where a streamed call's replies go, item by item, on the event loop (`run_inputs`)."""
+
+    def reply(self, position: int, reply: Reply) -> None:
+        """The input at `position` of the call returned `reply`."""
+
+    def skip_from(self, position: int) -> None:
+        """The inputs from `position` on were not run (`skip_rest`); nothing else comes."""
+
+
+class _Remap:
+    """A `ReplySink` for the inputs that were sent, passing on their positions in the call."""
+
+    __slots__ = ("positions", "sink")
+
+    def __init__(self, sink: ReplySink, positions: list[int]) -> None:
+        self.sink = sink
+        self.positions = positions
+
+    def reply(self, position: int, reply: Reply) -> None:
+        self.sink.reply(self.positions[position], reply)
+
+    def skip_from(self, position: int) -> None:
+        self.sink.skip_from(self.positions[position])
 
 
 class RemoteRunner:
@@ -78,6 +106,11 @@ class RemoteRunner:
     first entry and closes on the last exit), so a caller can keep it open across runs while
     each run's executor enters it too. Stage objects are pickled once per open session.
     """
+
+    streams_replies: ClassVar[bool] = False
+    """True when the backend's workers can reply item by item (`run_inputs(sink=...)`) and be
+    told to skip the rest of a call (`skip_rest`): then a batch keeps each item's
+    `timeout_ms`. Without it a stage with `timeout_ms` is sent one item a call."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # opening and closing
@@ -172,8 +205,12 @@ class RemoteRunner:
         anything else is one call. Each attempt sets `REMOTE_STOPPED` for its record.
         """
         sid, stage = sdef.id, sdef.stage
-        # A stage with `timeout_ms` is sent one item a call (see `start_batching`).
-        batched = sdef.batch_size is not None and sdef.batch_size > 1 and sdef.timeout_ms is None
+        size = sdef.batch_size
+        batched = size is not None and size > 1 and batches_on(sdef, self)
+        # With per-item replies the runner keeps each batched item's `timeout_ms` itself (the
+        # chain has no timeout link then: `owns_item_timeouts`).
+        timeout_ms = sdef.timeout_ms if batched else None
+        limit_s = timeout_ms / 1000 if timeout_ms is not None else None
 
         async def call_remote(call: AttemptCall) -> Any:
             REMOTE_STOPPED.set(False)
@@ -181,26 +218,50 @@ class RemoteRunner:
                 batcher = current_batcher.get()
                 if batcher is not None and batcher.stage_id == sid:
                     try:
-                        reply = await batcher.submit(call.input, call.item)
+                        reply = await batcher.submit(call.input, call.item, limit_s)
                     except anyio.get_cancelled_exc_class():
                         raise  # given up on: the batch may still run it
                     except BaseException:
                         REMOTE_STOPPED.set(True)  # the batch's call failed: nothing runs
                         raise
+                    if isinstance(reply, ItemTimedOut):
+                        REMOTE_STOPPED.set(reply.stopped)
+                        assert timeout_ms is not None  # only with a limit
+                        raise StageTimeoutError(sid, call.attempt, timeout_ms, call.item)
                     REMOTE_STOPPED.set(True)  # the batch came back: this item's work ended
                     return self.settle(reply, call.context)
-            stopped: list[bool] = []
-            try:
-                replies = await self.run_inputs(
-                    stage, [call.input], call.context, stage_id=sid, items=[call.item],
-                    stopped=stopped,
-                )  # fmt: skip
-            finally:
-                if stopped:
-                    REMOTE_STOPPED.set(stopped[0])
-            return self.settle(replies[0], call.context)
+            if timeout_ms is not None:  # an item outside a batch (a streamed fan-out)
+                return await self._within(call, sid, stage, timeout_ms)
+            return await self._one(call, sid, stage)
 
         return call_remote
+
+    async def _one(self, call: AttemptCall, sid: str, stage: PipelineStage[Any, Any]) -> Any:
+        """One runner call for one attempt; `REMOTE_STOPPED` says whether its work ended."""
+        stopped: list[bool] = []
+        try:
+            replies = await self.run_inputs(
+                stage, [call.input], call.context, stage_id=sid, items=[call.item],
+                stopped=stopped,
+            )  # fmt: skip
+        finally:
+            if stopped:
+                REMOTE_STOPPED.set(stopped[0])
+        return self.settle(replies[0], call.context)
+
+    async def _within(
+        self, call: AttemptCall, sid: str, stage: PipelineStage[Any, Any], timeout_ms: float
+    ) -> Any:
+        """`_one` bounded by the stage's `timeout_ms` (what the chain's timeout link does)."""
+        clock = current_clock.get() or SystemClock()
+        limit_s = timeout_ms / 1000
+        t0 = clock.now()
+        returned: Any = None
+        with clock.deadline_scope(limit_s) as scope:
+            returned = await self._one(call, sid, stage)
+        if scope.cancelled_caught or clock.now() - t0 > limit_s:
+            raise StageTimeoutError(sid, call.attempt, timeout_ms, call.item)
+        return returned
 
     async def run(
         self, stage: PipelineStage[Any, Any], input: Any, context: PipelineContext[Any]
@@ -218,12 +279,16 @@ class RemoteRunner:
         stage_id: str,
         items: Sequence[int | None] | None = None,
         stopped: list[bool] | None = None,
+        sink: ReplySink | None = None,
+        job: _Job | None = None,
     ) -> list[Reply]:
         """One runner call for `inputs` (one input, or a batch of fan-out items).
 
         When cancelled (a timeout, fail-fast, the caller) it stops waiting at once, cancels
         the remote work best effort and appends to `stopped` whether that was confirmed.
-        `items` are the inputs' fan-out indices, for messages.
+        `items` are the inputs' fan-out indices, for messages. With `sink` (only when
+        `streams_replies`), each input's reply goes to the sink as it comes back and the list
+        returned is empty; `job` (from `new_job`) lets the caller `skip_rest` of the call.
         """
         if self._depth == 0:
             raise RunnerError(
@@ -244,17 +309,27 @@ class RemoteRunner:
             if stopped is not None:  # nothing was sent
                 stopped.append(True)
             raise
+        if sink is not None:
+            for position, reply in refused.items():
+                sink.reply(position, reply)
+            if refused:
+                sent_positions = [i for i in range(len(labels)) if i not in refused]
+                sink = _Remap(sink, sent_positions)
         if len(refused) == len(labels):  # no input pickles: nothing to send
             if stopped is not None:
                 stopped.append(True)
-            return [refused[i] for i in range(len(labels))]
-        job = _Job()
+            return [] if sink is not None else [refused[i] for i in range(len(labels))]
+        job = job if job is not None else _Job()
         # Work the event loop cannot see: a `FakeClock` must not jump time while it runs (its
         # real duration is not the run's time), as for a worker thread.
         busy = getattr(current_clock.get(), "busy", None)
         try:
             with busy() if callable(busy) else contextlib.nullcontext():
-                replies = await self._exchange(job, key, blob, call_blob)
+                if sink is not None:
+                    await self._exchange(job, key, blob, call_blob, sink)
+                    replies = []
+                else:
+                    replies = await self._exchange(job, key, blob, call_blob)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 confirmed = await self._stop(job)
@@ -267,7 +342,7 @@ class RemoteRunner:
             raise
         if stopped is not None:
             stopped.append(True)
-        if refused:  # the replies of the inputs that were sent, the refusals in their places
+        if refused and sink is None:  # the replies of the inputs sent, the refusals in their places
             sent = iter(replies)
             return [refused[i] if i in refused else next(sent) for i in range(len(labels))]
         return replies
@@ -280,11 +355,24 @@ class RemoteRunner:
             return StageResult.success(reply.payload) if reply.plain else reply.payload
         raise rebuild(reply.payload)
 
-    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
+    def new_job(self) -> _Job:
+        """A handle for one `run_inputs` call, for `skip_rest`."""
+        return _Job()
+
+    def skip_rest(self, job: _Job) -> None:
+        """Ask the worker to skip the items of `job`'s call it has not started.
+
+        A backend that `streams_replies` then ends the call with `sink.skip_from`; the others
+        ignore it.
+        """
+
+    async def _exchange(
+        self, job: _Job, key: bytes, blob: bytes, call_blob: bytes, sink: ReplySink | None = None
+    ) -> list[Reply]:
         """Send the pickled call and wait for its replies (by default in a worker thread).
 
         Cancelling it stops the wait at once (the thread is abandoned); `_stop` then cancels
-        the remote work.
+        the remote work. Only a backend that `streams_replies` is given a `sink`.
         """
         replies: list[Reply] = await anyio.to_thread.run_sync(
             self._round_trip, job, key, blob, call_blob, abandon_on_cancel=True

@@ -16,9 +16,10 @@ itself (about 13 us against 2 us per call, on each side of the pipe).
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pipeline.context import PipelineContext
@@ -26,8 +27,11 @@ from pipeline.errors import UnpicklableError
 from pipeline.result import StageResult
 from pipeline.runners._base import run_async, sync_body
 from pipeline.runners._pickling import dumps, explain, try_dumps
+from pipeline.runners._pool import CALL, READY, SKIP, SKIPPED, WHOLE
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     from pipeline.protocol import PipelineStage
 
 KEPT_STAGES: Final = 64
@@ -121,6 +125,13 @@ def warm_up() -> int:
 
 def run_call(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> bytes:
     """Run one call in this process and return the pickled list of `Reply`s (one per input)."""
+    stage, sid, inputs, snapshot, items, backend = _load(stage_key, stage_blob, call_blob)
+    replies = [_run_one(stage, value, snapshot, backend) for value in inputs]
+    return _replies_blob(sid, items, replies)
+
+
+def _load(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> tuple[Any, ...]:
+    """`(stage, stage_id, inputs, snapshot, items, backend)` of a call (the stage kept by key)."""
     stage = _stages.get(stage_key)
     if stage is None:
         stage = pickle.loads(stage_blob)  # our own bytes, from the executor
@@ -128,13 +139,77 @@ def run_call(stage_key: bytes, stage_blob: bytes, call_blob: bytes) -> bytes:
         while len(_stages) > KEPT_STAGES:
             _stages.popitem(last=False)
     sid, inputs, snap, items, backend = pickle.loads(call_blob)  # our bytes: `wire_call`'s
-    snapshot = Snapshot(*snap)
-    replies = [_run_one(stage, value, snapshot, backend) for value in inputs]
+    return stage, sid, inputs, Snapshot(*snap), items, backend
+
+
+def _replies_blob(sid: str, items: list[int | None], replies: list[Reply]) -> bytes:
     try:
         return dumps([tuple(reply) for reply in replies])
     except Exception:  # noqa: BLE001  # find the reply that does not pickle, replace it
         checked = [_picklable(sid, i, r) for i, r in zip(items, replies, strict=True)]
         return dumps([tuple(reply) for reply in checked])
+
+
+def serve(calls: Connection, replies: Connection) -> None:
+    """A `ProcessPool` worker: run the calls read from `calls`, in order, until told to quit.
+
+    Each call is `(call_id, (stage_key, stage_blob, call_blob, streamed))`. The replies go to
+    `replies` as `(call_id, position, payload, last)`: one message with every item's replies
+    (`WHOLE`), or, for a streamed call, one per item as it finishes. Before each item of a
+    streamed call after the first, and before each call, a request to skip it is honoured:
+    the reply is then `SKIPPED` with the first item not run.
+    """
+    send = replies.send_bytes
+    send(pickle.dumps((READY, os.getpid(), None, True)))
+    queued: deque[tuple[int, tuple[Any, ...]]] = deque()
+    skipped: set[int] = set()
+    current = -1
+
+    def take(block: bool) -> bool:
+        """Read the messages waiting (one at least when `block`); False when told to quit."""
+        while block or calls.poll():
+            block = False
+            try:
+                data = calls.recv_bytes()
+            except (EOFError, OSError):  # the parent is gone
+                return False
+            kind = data[:1]
+            if kind == CALL:
+                queued.append(pickle.loads(memoryview(data)[1:]))  # our parent's bytes
+            elif kind == SKIP:
+                target = int(data[1:])
+                if target == current or any(queued_id == target for queued_id, _ in queued):
+                    skipped.add(target)
+            else:
+                return False
+        return True
+
+    while take(block=not queued):
+        if not queued:
+            continue
+        current, (key, blob, call_blob, streamed) = queued.popleft()
+        if current in skipped:
+            skipped.discard(current)
+            send(pickle.dumps((current, SKIPPED, 0, True)))
+            continue
+        stage, sid, inputs, snapshot, items, backend = _load(key, blob, call_blob)
+        if not streamed or not inputs:
+            replies_ = [_run_one(stage, value, snapshot, backend) for value in inputs]
+            send(pickle.dumps((current, WHOLE, _replies_blob(sid, items, replies_), True)))
+            continue
+        last = len(inputs) - 1
+        for position, value in enumerate(inputs):
+            if position:
+                if not take(block=False):
+                    return
+                if current in skipped:
+                    skipped.discard(current)
+                    send(pickle.dumps((current, SKIPPED, position, True)))
+                    break
+            reply = _run_one(stage, value, snapshot, backend)
+            blob_ = _replies_blob(sid, items[position : position + 1], [reply])
+            send(pickle.dumps((current, position, blob_, position == last)))
+        skipped.discard(current)
 
 
 def wire_call(call: Call) -> tuple[Any, ...]:

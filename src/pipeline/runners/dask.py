@@ -37,7 +37,7 @@ from pipeline.runners._worker import replies_from_wire, run_call, warm_up
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pipeline.runners._remote import _Job
+    from pipeline.runners._remote import ReplySink, _Job
     from pipeline.runners._worker import Reply
 
 CONNECT_TIMEOUT_S = 30
@@ -156,7 +156,9 @@ class DaskRunner(RemoteRunner):
         result: bytes = handle.result()
         return result
 
-    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
+    async def _exchange(
+        self, job: _Job, key: bytes, blob: bytes, call_blob: bytes, sink: ReplySink | None = None
+    ) -> list[Reply]:
         """Submit from the event loop (a non-blocking call); the gather thread sends the result.
 
         Cancelling it stops the wait at once; `_stop` then cancels the task.

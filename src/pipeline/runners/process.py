@@ -9,25 +9,25 @@ its entry point with `if __name__ == "__main__":` (as every multiprocessing scri
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
 from pipeline.errors import DefinitionError
 from pipeline.runners._pickling import cloudpickle_module
+from pipeline.runners._pool import SKIPPED, WHOLE, PoolCall, ProcessPool
 from pipeline.runners._remote import RemoteRunner
 from pipeline.runners._wake import loop_inbox
-from pipeline.runners._worker import replies_from_wire, run_call, warm_up
+from pipeline.runners._worker import replies_from_wire, serve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pipeline.runners._remote import _Job
+    from pipeline.runners._remote import ReplySink, _Job
     from pipeline.runners._worker import Reply
 
 
@@ -40,8 +40,13 @@ class ProcessRunner(RemoteRunner):
     a call still queued is cancelled (`remote_stopped=True` on its attempt record); one already
     running cannot be interrupted: its result is dropped (`remote_stopped=False`), and if such
     calls are still running when the runner closes, its worker processes are terminated rather
-    than waited for. A worker that dies fails the calls it had; the pool is renewed, and a call
-    that finds the pool broken before it was sent goes to the new pool.
+    than waited for. A worker that dies fails the call it was running (`BrokenProcessPool`)
+    and is replaced; calls waiting behind it go to another worker.
+
+    With `batch_size` and `timeout_ms` together, the workers reply item by item, and each item
+    of a batch has its own deadline, counted from the moment its turn in the batch comes (the
+    batch is sent, or the item before it returned). When one times out, the worker skips the
+    rest of that batch and those items are sent again in another batch.
 
     Use it as `PipelineExecutor(runners={"cpu": ProcessRunner()})` and
     `StageDefinition(..., runner="cpu")`. The executor opens the pool for each run; enter it
@@ -71,94 +76,103 @@ class ProcessRunner(RemoteRunner):
         super().__init__()
         self.max_workers = max_workers
         self.start_method = method
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPool | None = None
+
+    streams_replies = True
+    """Its workers can reply item by item, so a batch keeps each item's `timeout_ms`."""
 
     def _open(self) -> None:
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context(self.start_method)
-        pool = ProcessPoolExecutor(self.max_workers, mp_context=context)
-        # Start every worker now (they import the library once), not during the first run:
+        context = (
+            multiprocessing.get_context("forkserver") if self.start_method == "forkserver"
+            else multiprocessing.get_context("spawn")
+        )  # fmt: skip
+        pool = ProcessPool(context, self.max_workers or os.cpu_count() or 1, serve)
+        # Every worker starts now (each imports the library once), not during the first run:
         # a first attempt's timeout must not count a process start.
-        workers = self.max_workers or os.cpu_count() or 1
-        wait([pool.submit(warm_up) for _ in range(workers)])
-        return pool
+        pool.start()
+        self._pool = pool
 
     def _close(self, *, abandoned: bool) -> None:
         pool, self._pool = self._pool, None
-        if pool is None:  # pragma: no cover - closed without being opened
-            return
-        if abandoned:
-            # Calls given up on may still be running: stop their processes rather than wait.
-            processes = getattr(pool, "_processes", None) or {}
-            for process in list(processes.values()):
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            # Calls given up on may still be running: their processes are stopped, not awaited.
+            pool.close(abandoned=abandoned)
 
-    def _submit(self, fn: Callable[..., bytes], *args: Any) -> Future[bytes]:
-        pool = self._pool
-        assert pool is not None  # submitted only while open
-        return pool.submit(fn, *args)
+    def _submit(self, fn: Callable[..., bytes], *args: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError("ProcessRunner sends its calls itself (`_exchange`)")
 
-    def _wait(self, handle: Future[bytes]) -> bytes:
-        return handle.result()
+    def _wait(self, handle: Any) -> bytes:  # pragma: no cover
+        raise NotImplementedError("ProcessRunner sends its calls itself (`_exchange`)")
 
-    async def _exchange(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> list[Reply]:
-        """Submit from the event loop and wake it from the future's callback: no thread hop.
+    async def _exchange(
+        self, job: _Job, key: bytes, blob: bytes, call_blob: bytes, sink: ReplySink | None = None
+    ) -> list[Reply]:
+        """Write the call into a worker's pipe from the event loop; be woken with its replies.
 
-        The pool's queue thread does the waiting; the loop is woken once for each burst of
-        finished calls (`LoopInbox`). The call was pickled on the loop (inputs are usually
-        small; pass paths rather than large data).
+        The pool's reader thread hands each reply to the loop (`LoopInbox`: one wake-up for
+        each burst of replies); no thread waits per call. With `sink`, the worker replies item
+        by item and each reply goes to the sink as it comes (the list returned is empty).
         """
+        pool = self._pool
+        assert pool is not None  # called only while open
         done = anyio.Event()
+        whole: list[Any] = []
         inbox = loop_inbox()
 
-        def on_done(_: object) -> None:  # in the pool's result thread
-            with self._count_lock:
-                self.in_flight -= 1
-            inbox.post(done.set)
+        def on_loop(position: int, payload: Any, last: bool) -> None:
+            if position == WHOLE or isinstance(payload, BaseException) or sink is None:
+                whole.append(payload)
+            elif position == SKIPPED:
+                sink.skip_from(payload)
+            else:
+                sink.reply(position, replies_from_wire(payload)[0])
+            if last:
+                done.set()
 
-        pool = self._pool
-        try:
-            try:
-                handle = self._send(job, key, blob, call_blob)
-            except BrokenProcessPool:
-                # The pool broke before this call (a worker killed by work given up on
-                # earlier): nothing was sent, so renew the pool and send it there.
-                await anyio.to_thread.run_sync(self._renew, pool)
-                pool = self._pool
-                handle = self._send(job, key, blob, call_blob)
-            handle.add_done_callback(on_done)
-            await done.wait()
-            reply_blob = handle.result()
-        except BrokenProcessPool:
-            # A worker died while this call was in the pool (killed, out of memory, a crash in
-            # C code): this attempt fails, and the next one (a retry, the next run) gets a
-            # fresh pool.
-            await anyio.to_thread.run_sync(self._renew, pool)
-            raise
-        return replies_from_wire(reply_blob)
+        def deliver(position: int, payload: Any, last: bool) -> None:  # the pool's reader thread
+            if last:
+                with self._count_lock:
+                    self.in_flight -= 1
+            inbox.post(functools.partial(on_loop, position, payload, last))
 
-    def _send(self, job: _Job, key: bytes, blob: bytes, call_blob: bytes) -> Future[bytes]:
+        call = pool.call((key, blob, call_blob, sink is not None), deliver)
         with job.lock:
-            handle: Future[bytes] = self._submit(run_call, key, blob, call_blob)
-            job.handle = handle
+            job.handle = call
             with self._count_lock:
                 self.calls_sent += 1
                 self.in_flight += 1
-        return handle
+            skip = job.skip
+        pool.submit(call)
+        if skip:
+            self.skip_rest(job)
+        await done.wait()
+        if whole and isinstance(whole[0], BaseException):
+            raise whole[0]
+        return replies_from_wire(whole[0]) if whole else []
 
-    def _renew(self, broken: ProcessPoolExecutor | None) -> None:
-        with self._lock:
-            if self._pool is not broken or broken is None or self._depth == 0:
-                return  # renewed already, or closed
-            self._pool = self._new_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
+    def _cancel(self, handle: PoolCall) -> bool:
+        # True only for a call still queued; a worker finishes the item it runs, unseen.
+        pool = self._pool
+        if pool is None or not pool.cancel(handle):
+            return False
+        with self._count_lock:  # withdrawn: nothing will be delivered for it
+            self.in_flight -= 1
+        return True
 
-    def _cancel(self, handle: Future[bytes]) -> bool:
-        # True only for a call no worker had taken yet; a running one finishes unseen.
-        return handle.cancel() or handle.cancelled()
+    def skip_rest(self, job: _Job) -> None:
+        """Ask the worker running `job`'s call to skip the items it has not started.
+
+        The call then ends with `sink.skip_from(first skipped item)` (at once when it had not
+        left the pool's queue); sent already or finished, nothing else changes.
+        """
+        with job.lock:
+            call: PoolCall | None = job.handle
+            if call is None:
+                job.skip = True  # `_exchange` asks again once it has sent the call
+                return
+        pool = self._pool
+        if pool is not None and pool.cancel(call):  # withdrawn: nothing of it ran
+            call.deliver(SKIPPED, 0, True)
 
     def __repr__(self) -> str:
         return f"ProcessRunner(max_workers={self.max_workers!r})"

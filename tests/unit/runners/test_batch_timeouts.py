@@ -1,0 +1,189 @@
+"""Batches keep each item's `timeout_ms` (SPEC section 9), and the process pool underneath.
+
+On `ProcessRunner` a stage with `batch_size` and `timeout_ms` is still sent in batches: the
+workers reply item by item, each item's deadline starts when its turn in the batch comes, and
+when one item overruns, the items after it go to another batch (the stuck worker is told to
+skip them). On `DaskRunner` such a stage is sent one item a call; what a user sees (outputs,
+timeouts, retries) is the same on both. Runs on both anyio backends.
+
+Blocked work waits on a file the test creates (never on a sleep in the test); the only sleeps
+are the stage bodies' work, in the workers, well inside their timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import cloudpickle  # type: ignore[import-untyped]  # no stubs
+import pytest
+
+from pipeline import (
+    ExecutionPattern,
+    FunctionStage,
+    PipelineContext,
+    PipelineDefinition,
+    PipelineExecutor,
+    PipelineResult,
+    RetryConfig,
+    StageDefinition,
+)
+from pipeline.events import AttemptStarted, PipelineEvent
+from pipeline.runners import ProcessRunner
+
+if TYPE_CHECKING:
+    from pipeline.runners import RemoteRunner
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
+
+pytestmark = pytest.mark.anyio
+
+GUARD_S = 20
+"""Bound on any one run here (a hang fails the test instead of the suite)."""
+
+
+def works_for(seconds: float) -> Any:
+    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
+        time.sleep(seconds)  # noqa: TID251  # the work itself, in a worker process
+        return x
+
+    return body
+
+
+def hangs_once(at: int, release: str, runs: str) -> Any:
+    """Item `at` blocks (at most 10 s) until the release file exists, on its first run only.
+
+    Every run of every item leaves a file `<item>-<unique>` in `runs`.
+    """
+
+    def body(x: int, ctx: PipelineContext[Any]) -> int:
+        Path(runs, f"{x}-{uuid.uuid4().hex}").touch()
+        first = len(list(Path(runs).glob(f"{x}-*"))) == 1
+        if x == at and first:
+            deadline = time.monotonic() + 10
+            while not Path(release).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)  # noqa: TID251  # in a worker process, not a loop
+        return x * 10
+
+    return body
+
+
+def dies_once(marker: str) -> Any:
+    """Item 0 kills its worker process the first time (the marker file says it did)."""
+
+    def body(x: int, ctx: PipelineContext[Any]) -> int:
+        if x == 0 and not Path(marker).exists():
+            Path(marker).touch()
+            time.sleep(0.2)  # noqa: TID251  # let the next call reach this worker's pipe
+            os._exit(9)
+        return x + 100
+
+    return body
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[PipelineEvent] = []
+
+    def on_event(self, event: PipelineEvent) -> None:
+        self.events.append(event)
+
+
+async def run(
+    runner: RemoteRunner, stages: list[StageDefinition], initial: Any, **kw: Any
+) -> PipelineResult:
+    executor = PipelineExecutor(runners={"remote": runner}, **kw)
+    with anyio.fail_after(GUARD_S):
+        return await executor.execute(PipelineDefinition("p", stages), initial)
+
+
+async def until(predicate: Any) -> None:
+    with anyio.fail_after(GUARD_S):
+        while not predicate():  # noqa: ASYNC110  # counters updated in threads have no event
+            await anyio.sleep(0.01)
+
+
+def fan(fn: Any, **kw: Any) -> StageDefinition:
+    return StageDefinition(
+        "each", FunctionStage(fn), pattern=ExecutionPattern.FAN_OUT, runner="remote", **kw
+    )
+
+
+async def test_a_stage_with_timeout_ms_is_still_sent_in_batches_on_processes(
+    remote: RemoteRunner,
+) -> None:
+    before = remote.calls_sent
+    stage = fan(works_for(0), batch_size=4, max_concurrent_fan_out=1, timeout_ms=5000)
+    result = await run(remote, [stage], list(range(8)))
+    assert result.outputs == {"each": list(range(8))}
+    calls = remote.calls_sent - before
+    # Processes reply item by item, so the batches stay (how full each is depends on when the
+    # items reach the runner); Dask sends one item a call.
+    if isinstance(remote, ProcessRunner):
+        assert calls <= 4
+    else:
+        assert calls == 8
+
+
+async def test_each_item_of_a_batch_counts_only_its_own_work_against_timeout_ms(
+    remote: RemoteRunner,
+) -> None:
+    # One batch of five 0.1 s items: the batch takes 0.5 s, each item 0.1 s of its 0.4 s.
+    stage = fan(works_for(0.1), batch_size=5, max_concurrent_fan_out=1, timeout_ms=400)
+    result = await run(remote, [stage], [0, 1, 2, 3, 4])
+    assert result.outputs == {"each": [0, 1, 2, 3, 4]}, result.stage_results["each"].error
+
+
+async def test_an_item_that_hangs_times_out_alone_and_the_rest_of_its_batch_runs_once(
+    tmp_path: Path,
+) -> None:
+    # A pool of its own: the worker stuck on item 2 stays busy after the run. (On Dask such a
+    # stage is not batched, and the cluster may queue the next items behind the stuck task.)
+    release, runs = tmp_path / "release", tmp_path / "runs"
+    runs.mkdir()
+    events = Collect()
+    stage = fan(
+        hangs_once(2, str(release), str(runs)),
+        batch_size=6,
+        max_concurrent_fan_out=1,
+        timeout_ms=500,
+        retry_config=RetryConfig(max_attempts=2, initial_delay_ms=0),
+    )
+    async with ProcessRunner(2) as remote:
+        try:
+            result = await run(remote, [stage], list(range(6)), observers=[events])
+            # The run ended while item 2's first run was still blocked in its worker.
+            assert not release.exists()
+        finally:
+            release.touch()
+        await until(lambda: remote.in_flight == 0)
+    assert result.outputs == {"each": [0, 10, 20, 30, 40, 50]}, result.stage_results["each"].error
+    started = [e for e in events.events if isinstance(e, AttemptStarted)]
+    assert [e.item for e in started if e.attempt == 2] == [2]  # only item 2 was retried
+    ran = sorted(int(p.name.split("-")[0]) for p in runs.iterdir())
+    # Item 2 ran twice (the timed-out run and its retry); every other item exactly once: the
+    # worker stuck on item 2 skipped the items after it, which ran in another batch.
+    assert ran == [0, 1, 2, 2, 3, 4, 5]
+
+
+async def test_a_call_waiting_behind_a_worker_that_dies_goes_to_its_replacement(
+    tmp_path: Path,
+) -> None:
+    # One worker: item 1's call waits in its pipe while item 0 kills it. Item 0 fails
+    # (BrokenProcessPool) and is retried; item 1 is not failed but sent to the new worker.
+    events = Collect()
+    stage = fan(
+        dies_once(str(tmp_path / "died")),
+        retry_config=RetryConfig(max_attempts=2, initial_delay_ms=0),
+    )
+    async with ProcessRunner(1) as runner:
+        result = await run(runner, [stage], [0, 1], observers=[events])
+    assert result.outputs == {"each": [100, 101]}, result.stage_results["each"].error
+    started = [(e.item, e.attempt) for e in events.events if isinstance(e, AttemptStarted)]
+    assert sorted(started) == [(0, 1), (0, 2), (1, 1)]
+    assert (tmp_path / "died").exists()
