@@ -14,6 +14,9 @@ Fairness: each runner row and its hand-written baseline use the same function, i
 count and pool kind, and are timed in turns (runner, baseline, runner, baseline, ...; best of
 `REPEATS` / `DASK_REPEATS` each), so a burst of load from elsewhere hits both.
 
+A row with the good batch and a per-item `timeout_ms` shows what per-item deadlines cost
+(workers then reply item by item, and each item runs its own attempt chain); it has no target.
+
 Targets (SPEC 9 / issue 13), checked on the `cpu` and `cheap` rows:
   - CPU-bound speedup of ProcessRunner over inline >= 1.8x (2 cores);
   - per-item overhead within 1.25x of the hand-written pool and of raw client.map (same batch);
@@ -99,7 +102,9 @@ def plain_chunk(xs: list[int], rounds: int) -> list[int]:
     return [plain(x, rounds) for x in xs]
 
 
-def fan(runner: str, *, batch: int | None, cap: int | None) -> PipelineDefinition:
+def fan(
+    runner: str, *, batch: int | None, cap: int | None, timeout_ms: float | None = None
+) -> PipelineDefinition:
     body = item_on_loop if runner == "inline" else item
     return PipelineDefinition(
         "bench",
@@ -111,6 +116,7 @@ def fan(runner: str, *, batch: int | None, cap: int | None) -> PipelineDefinitio
                 runner=runner,
                 batch_size=batch,
                 max_concurrent_fan_out=cap,
+                timeout_ms=timeout_ms,
             )
         ],
     )
@@ -206,6 +212,16 @@ async def main(quick: bool, workers: int) -> int:
                     failures.append(f"{shape} {label}: {t_proc / t_pool:.2f}x the pool")
                 if shape == "cpu" and batch == b and t_inline / t_proc < 1.8:
                     failures.append(f"cpu speedup {t_inline / t_proc:.2f}x < 1.8x")
+                if batch == b:
+                    # The same batches with a per-item `timeout_ms`: workers reply item by item
+                    # and each item runs its own attempt chain (no target: information).
+                    timed = fan("processes", batch=batch, cap=cap, timeout_ms=60_000)
+                    await run_pipeline(executor, timed, warm, r)
+                    t_timed = float("inf")
+                    for _ in range(reps):
+                        t_timed = min(t_timed, await run_pipeline(executor, timed, items, r))
+                    row("  ... with timeout_ms (per-item replies)", t_timed, n,
+                        f"batch_size={batch}", t_timed / t_proc)  # fmt: skip
                 if batch == 1:
                     t_proc_1 = t_proc
                 elif shape == "cheap":

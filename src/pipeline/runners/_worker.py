@@ -1,7 +1,8 @@
 """What runs in the worker process: unpickle one call, run the stage on each input, reply.
 
 The executor's side (`pipeline.runners._remote`) sends `run_call(stage_key, stage_blob,
-call_blob)`: the stage pickled once (cloudpickle) and kept here by its digest, then the
+call_blob)` (a Dask task), or the same three through a `ProcessPool` worker's pipe to `serve`:
+the stage pickled once (cloudpickle) and kept here by its digest, then the
 inputs (one, or a batch of fan-out items) with a snapshot of the context. Each input runs
 against its own `RemoteContext`, whose writes are recorded; the reply is one
 `(ok, payload, writes)` tuple per input, pickled. Nothing raised by a stage escapes: it is

@@ -1,4 +1,4 @@
-"""`ProcessRunner`: stages in a pool of local worker processes (`concurrent.futures`).
+"""`ProcessRunner`: stages in a pool of local worker processes (`ProcessPool`, `_pool.py`).
 
 The pool starts its workers with `forkserver` (Linux) or `spawn`, never `fork`: the parent
 runs threads (the event loop's worker threads, maybe a Dask client), and forking a process
