@@ -265,8 +265,9 @@ class AttemptRun(FrozenModel):
     not part of `duration_ms` nor of `timeout_ms`."""
     remote_stopped: bool | None = None
     """For an attempt run in another process (`ProcessRunner`, `DaskRunner`): True once its
-    work is known to have stopped (it returned, or a timeout or cancellation stopped it
-    before it started), False when it was given up on while it may still be running. None
+    work is known to have stopped (it returned, a timeout or cancellation stopped it before
+    it started, or `ProcessRunner` killed the worker running it), False when it was given up
+    on while it may still be running. None
     when the attempt ran locally (inline, threads)."""
     remote_traceback: str | None = None
     """For a failure raised in another process: the traceback text formatted there."""

@@ -1,7 +1,8 @@
 """A remote attempt the run cuts short (fail-fast) still has its attempt record (SPEC 9).
 
 The record says whether the remote work is known to have stopped: a sync stage blocked in a
-worker process cannot be interrupted, so it is `remote_stopped=False`.
+worker process is stopped by killing that worker (`remote_stopped=True`), unless the runner
+is told to let it finish (`terminate_on_cancel=False`: `remote_stopped=False`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def blocked(flag: str, ctx: PipelineContext[Any]) -> str:
     return flag
 
 
-async def test_a_remote_attempt_cut_short_by_fail_fast_keeps_its_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("terminate", [True, False])
+async def test_a_remote_attempt_cut_short_by_fail_fast_keeps_its_record(
+    tmp_path: Path, terminate: bool
+) -> None:
     flag = tmp_path / "started"
 
     async def fail_once_started(_: Any, ctx: PipelineContext[Any]) -> None:
@@ -47,7 +51,7 @@ async def test_a_remote_attempt_cut_short_by_fail_fast_keeps_its_record(tmp_path
             StageDefinition("bad", FunctionStage(fail_once_started)),
         ],
     )
-    runner = ProcessRunner(max_workers=1)
+    runner = ProcessRunner(max_workers=1, terminate_on_cancel=terminate)
     executor = PipelineExecutor(runners={"cpu": runner})
     with anyio.fail_after(30):
         result = await executor.execute(pipeline, str(flag))
@@ -56,7 +60,8 @@ async def test_a_remote_attempt_cut_short_by_fail_fast_keeps_its_record(tmp_path
     assert run.attempts == 1
     (attempt,) = run.attempt_runs
     assert attempt.error == "cancelled"
-    assert attempt.remote_stopped is False  # still running in its worker when given up on
+    # Its worker killed, or still running in it when given up on.
+    assert attempt.remote_stopped is terminate
     assert result.stage_runs["bad"].attempt_runs[0].remote_stopped is None  # local work
 
 

@@ -34,8 +34,8 @@ REMOTE_TRACEBACK_ATTR: Final = "__pipeline_remote_traceback__"
 """Where a runner that pickles keeps a remote exception's traceback text (on the exception)."""
 REMOTE_STOPPED: ContextVar[bool | None] = ContextVar("pipeline_remote_stopped", default=None)
 """Set by a runner in another process at each attempt: whether its work is known to have
-stopped (True: it returned, or was cancelled before it started; False: given up on while it
-may still run). The attempt's task reads it into the attempt record; local work leaves it
+stopped (True: it returned, was cancelled before it started, or its worker was killed;
+False: given up on while it may still run). The attempt's task reads it into the attempt record; local work leaves it
 None (each stage runs in its own copy of the context, so it never leaks between stages)."""
 
 

@@ -190,7 +190,7 @@ class Batcher:
             reply = batch.replies[position]
             if reply is not None:
                 return reply
-            if batch.error is not None:
+            if batch.error is not None and not 0 <= batch.cut <= position:
                 raise batch.error
             self._leave(batch)  # released (not run): into the next batch
 

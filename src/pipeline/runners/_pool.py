@@ -97,13 +97,14 @@ class PoolCall:
 class _Worker:
     """A worker process, its two pipe ends in this process, and the calls sent to it."""
 
-    __slots__ = ("calls", "inbox", "outbox", "process")
+    __slots__ = ("calls", "inbox", "killed", "outbox", "process")
 
     def __init__(self, process: BaseProcess, outbox: Connection, inbox: Connection) -> None:
         self.process = process
         self.outbox = outbox  # calls, to the worker
         self.inbox = inbox  # replies, from the worker
         self.calls: deque[PoolCall] = deque()  # sent, in order; the first is running
+        self.killed = False  # by `cancel`: the calls left on it go back to the queue
 
     def can_take(self, call: PoolCall) -> bool:
         n = len(self.calls)
@@ -256,11 +257,14 @@ class ProcessPool:
                         return
             self._queue.append(call)
 
-    def cancel(self, call: PoolCall) -> bool:
-        """Withdraw `call` if it is still queued (True: it never runs, nothing is delivered).
+    def cancel(self, call: PoolCall, *, terminate: bool = False) -> bool:
+        """Stop `call`: True when it surely is not running (nothing more is delivered for it).
 
-        Otherwise a worker has it: it is told to skip the items it has not started (it
-        delivers `SKIPPED` with the first one, unless it finished first), and False returns.
+        A call still queued is withdrawn. One a worker is running is stopped by killing that
+        worker when `terminate` (a new one takes its place; calls waiting in its pipe go back
+        to the queue). Otherwise the worker is told to skip the call's items it has not
+        started (it delivers `SKIPPED` with the first one, unless it finished first), and
+        False returns.
         """
         with self._lock:
             worker = call.worker
@@ -271,6 +275,12 @@ class ProcessPool:
                 return False  # delivered already (the pool closed)
             if call not in worker.calls:
                 return False  # it returned meanwhile
+            if terminate and worker.calls[0] is call and not self._closing:
+                worker.calls.popleft()
+                call.worker = None
+                worker.killed = True
+                worker.process.kill()  # the reader sees it exit and replaces it (`_replace`)
+                return True
             with contextlib.suppress(OSError):  # the worker died: the reader fails the call
                 worker.outbox.send_bytes(SKIP + str(call.id).encode())
             return False
@@ -345,10 +355,13 @@ class ProcessPool:
             self._workers.remove(dead)
             calls = list(dead.calls)
             dead.calls.clear()
-            if calls:
-                for waiting in reversed(calls[1:]):  # never started: back to the queue's front
-                    waiting.worker = None
-                    self._queue.appendleft(waiting)
+            # Killed on purpose (`cancel`), nothing it had was running; else the first was.
+            waiting = calls if dead.killed else calls[1:]
+            for queued in reversed(waiting):  # never started: back to the queue's front
+                queued.worker = None
+                self._queue.appendleft(queued)
+            if dead.killed:
+                calls = []
         dead.outbox.close()
         dead.inbox.close()
         if calls:

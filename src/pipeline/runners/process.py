@@ -37,11 +37,14 @@ class ProcessRunner(RemoteRunner):
 
     A runner runs one attempt (or one batch of fan-out items, `StageDefinition(batch_size=n)`);
     retries, timeouts, the cache and events stay in the executor. On a timeout or cancellation
-    a call still queued is cancelled (`remote_stopped=True` on its attempt record); one already
-    running cannot be interrupted: its result is dropped (`remote_stopped=False`), and if such
-    calls are still running when the runner closes, its worker processes are terminated rather
-    than waited for. A worker that dies fails the call it was running (`BrokenProcessPool`)
-    and is replaced; calls waiting behind it go to another worker.
+    (fail-fast, the caller) a call still queued is withdrawn, and the worker running a call is
+    killed and replaced, so the work stops for certain (`remote_stopped=True` on its attempt
+    record) and a retry never races the attempt it replaces. With
+    `terminate_on_cancel=False` a running call finishes in the background instead and its
+    result is dropped (`remote_stopped=False`); if such calls still run when the runner
+    closes, its workers are terminated rather than waited for. A worker that dies fails the
+    call it was running (`BrokenProcessPool`) and is replaced; calls waiting behind it go to
+    another worker.
 
     With `batch_size` and `timeout_ms` together, the workers reply item by item, and each item
     of a batch has its own deadline, counted from the moment its turn in the batch comes (the
@@ -55,9 +58,17 @@ class ProcessRunner(RemoteRunner):
     Args:
         max_workers: Worker processes (default: the number of CPUs).
         start_method: `"forkserver"` (default on Linux) or `"spawn"` (the default elsewhere).
+        terminate_on_cancel: Kill the worker running a call the run gave up on (and start
+            another), rather than let the call finish unseen.
     """
 
-    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        terminate_on_cancel: bool = True,
+    ) -> None:
         cloudpickle_module()  # fail now, naming the extra, rather than at the first run
         workers: object = max_workers
         if workers is not None and (
@@ -76,6 +87,7 @@ class ProcessRunner(RemoteRunner):
         super().__init__()
         self.max_workers = max_workers
         self.start_method = method
+        self.terminate_on_cancel = terminate_on_cancel
         self._pool: ProcessPool | None = None
 
     streams_replies = True
@@ -151,9 +163,10 @@ class ProcessRunner(RemoteRunner):
         return replies_from_wire(whole[0]) if whole else []
 
     def _cancel(self, handle: PoolCall) -> bool:
-        # True only for a call still queued; a worker finishes the item it runs, unseen.
+        # A call still queued is withdrawn; a running one's worker is killed when
+        # `terminate_on_cancel`, else it finishes unseen (not confirmed: False).
         pool = self._pool
-        if pool is None or not pool.cancel(handle):
+        if pool is None or not pool.cancel(handle, terminate=self.terminate_on_cancel):
             return False
         with self._count_lock:  # withdrawn: nothing will be delivered for it
             self.in_flight -= 1
@@ -171,8 +184,8 @@ class ProcessRunner(RemoteRunner):
                 job.skip = True  # `_exchange` asks again once it has sent the call
                 return
         pool = self._pool
-        if pool is not None and pool.cancel(call):  # withdrawn: nothing of it ran
-            call.deliver(SKIPPED, 0, True)
+        if pool is not None and pool.cancel(call, terminate=self.terminate_on_cancel):
+            call.deliver(SKIPPED, 0, True)  # withdrawn or its worker killed: it ends here
 
     def __repr__(self) -> str:
         return f"ProcessRunner(max_workers={self.max_workers!r})"

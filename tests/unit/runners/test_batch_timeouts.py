@@ -139,8 +139,9 @@ async def test_each_item_of_a_batch_counts_only_its_own_work_against_timeout_ms(
     assert result.outputs == {"each": [0, 1, 2, 3, 4]}, result.stage_results["each"].error
 
 
+@pytest.mark.parametrize("terminate", [True, False])
 async def test_an_item_that_hangs_times_out_alone_and_the_rest_of_its_batch_runs_once(
-    tmp_path: Path,
+    tmp_path: Path, terminate: bool
 ) -> None:
     # A pool of its own: the worker stuck on item 2 stays busy after the run. (On Dask such a
     # stage is not batched, and the cluster may queue the next items behind the stuck task.)
@@ -154,7 +155,7 @@ async def test_an_item_that_hangs_times_out_alone_and_the_rest_of_its_batch_runs
         timeout_ms=500,
         retry_config=RetryConfig(max_attempts=2, initial_delay_ms=0),
     )
-    async with ProcessRunner(2) as remote:
+    async with ProcessRunner(2, terminate_on_cancel=terminate) as remote:
         try:
             result = await run(remote, [stage], list(range(6)), observers=[events])
             # The run ended while item 2's first run was still blocked in its worker.
@@ -167,7 +168,8 @@ async def test_an_item_that_hangs_times_out_alone_and_the_rest_of_its_batch_runs
     assert [e.item for e in started if e.attempt == 2] == [2]  # only item 2 was retried
     ran = sorted(int(p.name.split("-")[0]) for p in runs.iterdir())
     # Item 2 ran twice (the timed-out run and its retry); every other item exactly once: the
-    # worker stuck on item 2 skipped the items after it, which ran in another batch.
+    # worker stuck on item 2 was killed, or (terminate_on_cancel=False) skipped the items
+    # after it; they ran in another batch.
     assert ran == [0, 1, 2, 2, 3, 4, 5]
 
 
@@ -187,3 +189,51 @@ async def test_a_call_waiting_behind_a_worker_that_dies_goes_to_its_replacement(
     started = [(e.item, e.attempt) for e in events.events if isinstance(e, AttemptStarted)]
     assert sorted(started) == [(0, 1), (0, 2), (1, 1)]
     assert (tmp_path / "died").exists()
+
+
+def records_pid_then_hangs_once(pids: str) -> Any:
+    """Each run leaves `<run>-<worker pid>`; the first blocks (at most 10 s), later ones return."""
+
+    def body(x: int, ctx: PipelineContext[Any]) -> int:
+        run = len(list(Path(pids).iterdir())) + 1
+        first = run == 1
+        Path(pids, f"{run}-{os.getpid()}").touch()
+        if first:
+            time.sleep(10)  # noqa: TID251  # stuck work, in a worker process
+        return x + 1
+
+    return body
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_the_worker_of_a_timed_out_attempt_is_killed_before_the_retry_runs(
+    tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    stage = StageDefinition(
+        "s",
+        FunctionStage(records_pid_then_hangs_once(str(pids))),
+        runner="remote",
+        timeout_ms=300,
+        retry_config=RetryConfig(max_attempts=2, initial_delay_ms=0),
+    )
+    async with ProcessRunner(1) as remote:
+        result = await run(remote, [stage], 1)
+        assert result.outputs == {"s": 2}, result.stage_results["s"].error
+        first, second = result.stage_runs["s"].attempt_runs
+        assert "Timeout" in (first.error or "")
+        assert first.remote_stopped is True  # its worker was killed: confirmed
+        # The retry ran on a new worker; the stuck one is gone (not left running for 10 s).
+        runs = dict(p.name.split("-") for p in pids.iterdir())
+        stuck, retried = int(runs["1"]), int(runs["2"])
+        assert stuck != retried
+        await until(lambda: not alive(stuck))
+        assert second.error is None

@@ -150,7 +150,7 @@ async def test_a_pool_broken_by_abandoned_work_does_not_fail_a_later_stage(
     tmp_path: Path,
 ) -> None:
     go = tmp_path / "go"
-    runner = ProcessRunner(1)
+    runner = ProcessRunner(1, terminate_on_cancel=False)  # the timed-out call runs on
     doomed = StageDefinition(
         "doomed", FunctionStage(dies_when(str(go))), runner="remote", timeout_ms=200
     )
