@@ -189,6 +189,7 @@ class Batcher:
                 raise
             reply = batch.replies[position]
             if reply is not None:
+                self._leave(batch)
                 return reply
             if batch.error is not None and not 0 <= batch.cut <= position:
                 raise batch.error
@@ -206,8 +207,10 @@ class Batcher:
         if scope.cancelled_caught or (came_back and clock.now() - t0 > limit_s):
             if not came_back:
                 # The worker is still on this item: the items after it go to another batch
-                # now (their turn never came), and the worker is told to skip them.
-                batch.release_from(position + 1)
+                # now (their turn never came), and the worker is told to skip them. (This
+                # item is released too, so the next one's turn comes; its late reply is
+                # ignored.)
+                batch.release_from(position)
                 if batch.job is not None:
                     self.runner.skip_rest(batch.job)
             return ItemTimedOut(stopped=came_back)
@@ -215,9 +218,10 @@ class Batcher:
 
     @staticmethod
     def _leave(batch: _Batch) -> None:
+        """An item stops waiting for `batch`; the last one cancels the call if it still runs."""
         batch.live -= 1
-        if batch.live == 0 and batch.scope is not None:
-            batch.scope.cancel()  # nobody waits for this call any more
+        if batch.live == 0 and batch.scope is not None and None in batch.replies:
+            batch.scope.cancel()  # nobody waits for what is left of this call
 
     async def _gather(self, batch: _Batch) -> None:
         """Let the items about to arrive join a partly filled batch, then send it."""

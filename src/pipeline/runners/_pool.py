@@ -34,9 +34,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import math
 import os
 import pickle
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
@@ -55,6 +57,8 @@ WHOLE: Final = -1
 """Reply position: the payload holds the replies of every item of the call (not streamed)."""
 SKIPPED: Final = -2
 """Reply position: the worker skipped the call's items from the position in the payload on."""
+FAILED: Final = -3
+"""Reply position: the worker could not load the call; the payload is the pickled error."""
 READY: Final = -1
 """Call id of a worker's first message, sent once it has imported what it needs."""
 
@@ -63,8 +67,14 @@ PIPELINED: Final = 1
 PIPELINE_MAX_BYTES: Final = 32 * 1024
 """Only a call smaller than this waits in a busy worker's pipe: a pipe holds 64 KiB, and a
 bigger call would block its sender until the worker reads it."""
+PIPELINE_MAX_S: Final = 0.001
+"""A call waits in a busy worker's pipe only behind short work: that worker's last call took
+less than this, and its current one started less than this ago. Behind a long call it waits
+in the pool's queue for whichever worker frees first (no call is stuck behind a slow one)."""
 CLOSE_GRACE_S: Final = 10.0
 """How long closing waits for idle workers to exit before terminating them."""
+READY_TIMEOUT_S: Final = 120.0
+"""How long a new worker may take to import its code before it counts as failed to start."""
 
 CALL: Final = b"c"
 """First byte of a message to a worker: a call, `(call_id, args)` pickled."""
@@ -81,23 +91,27 @@ class PoolCall:
     `deliver(position, payload, last)` is called in the pool's reader thread (or in the thread
     that closes the pool) for each reply: `position` is an item's index in the call with its
     pickled reply, `WHOLE` with every item's, `SKIPPED` with the first skipped index, or any
-    position with an exception (the call failed: its worker died, the pool closed). `last` is
-    True on the call's final delivery.
+    position with an exception (the call failed: its worker died, the pool closed, the worker
+    could not load it). `last` is True on the call's final delivery.
     """
 
-    __slots__ = ("deliver", "id", "message", "worker")
+    __slots__ = ("deliver", "id", "message", "skip", "worker")
 
-    def __init__(self, call_id: int, message: bytes, deliver: Callable[[int, Any, bool], None]):
+    def __init__(
+        self, call_id: int, message: bytes, deliver: Callable[[int, Any, bool], None]
+    ) -> None:
         self.id = call_id
         self.message = message
         self.deliver = deliver
         self.worker: _Worker | None = None
+        self.skip = False
+        """Given up on while in a worker's pipe: never to be run (even if requeued)."""
 
 
 class _Worker:
     """A worker process, its two pipe ends in this process, and the calls sent to it."""
 
-    __slots__ = ("calls", "inbox", "killed", "outbox", "process")
+    __slots__ = ("calls", "inbox", "killed", "last_s", "outbox", "process", "started")
 
     def __init__(self, process: BaseProcess, outbox: Connection, inbox: Connection) -> None:
         self.process = process
@@ -105,10 +119,29 @@ class _Worker:
         self.inbox = inbox  # replies, from the worker
         self.calls: deque[PoolCall] = deque()  # sent, in order; the first is running
         self.killed = False  # by `cancel`: the calls left on it go back to the queue
+        self.started = 0.0  # when its current call began (`time.perf_counter`)
+        self.last_s = math.inf  # how long its last call took (unknown: long)
 
-    def can_take(self, call: PoolCall) -> bool:
+    def can_take(self, call: PoolCall, now: float) -> bool:
+        """Idle, or busy with short work and room for a small call in its pipe."""
         n = len(self.calls)
-        return n == 0 or (n <= PIPELINED and len(call.message) < PIPELINE_MAX_BYTES)
+        return n == 0 or (
+            n <= PIPELINED
+            and len(call.message) < PIPELINE_MAX_BYTES
+            and self.last_s < PIPELINE_MAX_S
+            and now - self.started < PIPELINE_MAX_S
+        )
+
+    def close(self) -> None:
+        """Reap the (exited) process and close this side's pipe ends."""
+        self.process.join(CLOSE_GRACE_S)
+        if self.process.exitcode is None:  # pragma: no cover - a worker that hangs
+            self.process.kill()
+            self.process.join()
+        self.outbox.close()
+        self.inbox.close()
+        with contextlib.suppress(ValueError):
+            self.process.close()
 
 
 _live_pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
@@ -149,6 +182,9 @@ class ProcessPool:
         self._wake_r, self._wake_w = os.pipe()
         self._closing = False
         self._reader: threading.Thread | None = None
+        self._spawners: set[threading.Thread] = set()
+        self._broken: str | None = None
+        """Why no call can run any more (no worker left, and none could be started)."""
 
     # -- life -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,6 +214,9 @@ class ProcessPool:
 
     def _await_ready(self, worker: _Worker) -> None:
         try:
+            if not worker.inbox.poll(READY_TIMEOUT_S):
+                worker.process.kill()
+                raise EOFError
             call_id, _, _, _ = pickle.loads(worker.inbox.recv_bytes())  # our worker's bytes
         except (EOFError, OSError):
             worker.process.join(5)
@@ -203,6 +242,7 @@ class ProcessPool:
             for worker in workers:
                 orphans.extend(worker.calls)
                 worker.calls.clear()
+            spawners = list(self._spawners)
         _live_pools.discard(self)
         for worker in workers:
             if abandoned:
@@ -210,20 +250,13 @@ class ProcessPool:
             else:
                 with contextlib.suppress(OSError):
                     worker.outbox.send_bytes(QUIT)
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self._wake()
+        for thread in spawners:  # each reaps the worker it was starting
+            thread.join()
         for worker in workers:
-            worker.process.join(CLOSE_GRACE_S)
-            if worker.process.exitcode is None:  # pragma: no cover - a worker that hangs
-                worker.process.kill()
-                worker.process.join()
+            worker.close()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join()
-        for worker in workers:
-            worker.outbox.close()
-            worker.inbox.close()
-            with contextlib.suppress(ValueError):
-                worker.process.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -235,6 +268,11 @@ class ProcessPool:
         """True once `close` has begun."""
         return self._closing
 
+    def _wake(self) -> None:
+        """Make the reader thread look again (a worker was added, or the pool closes)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
     # -- calls ----------------------------------------------------------------------------------
     def call(self, args: tuple[Any, ...], deliver: Callable[[int, Any, bool], None]) -> PoolCall:
         """A new call of the workers' `serve` with `args` (plain values, bytes); `submit` it."""
@@ -242,18 +280,23 @@ class ProcessPool:
         return PoolCall(call_id, CALL + pickle.dumps((call_id, args), protocol=5), deliver)
 
     def submit(self, call: PoolCall) -> None:
-        """Send `call` to an idle worker, or queue it (thread-safe, never blocks for long)."""
+        """Send `call` to an idle worker, or queue it (thread-safe, never blocks for long).
+
+        Raises:
+            RunnerError: the pool is closed, or has no worker left and could start none.
+        """
         with self._lock:
             if self._closing:
                 raise RunnerError("the process pool is closed")
+            if self._broken is not None:
+                raise RunnerError(self._broken)
             if not self._queue:
                 for worker in self._workers:
-                    if not worker.calls:
-                        self._send(worker, call)
+                    if not worker.calls and self._send(worker, call):
                         return
+                now = time.perf_counter()
                 for worker in self._workers:
-                    if worker.can_take(call):
-                        self._send(worker, call)
+                    if worker.can_take(call, now) and self._send(worker, call):
                         return
             self._queue.append(call)
 
@@ -264,7 +307,7 @@ class ProcessPool:
         worker when `terminate` (a new one takes its place; calls waiting in its pipe go back
         to the queue). Otherwise the worker is told to skip the call's items it has not
         started (it delivers `SKIPPED` with the first one, unless it finished first), and
-        False returns.
+        False returns; such a call never runs elsewhere, even if its worker dies.
         """
         with self._lock:
             worker = call.worker
@@ -281,22 +324,31 @@ class ProcessPool:
                 worker.killed = True
                 worker.process.kill()  # the reader sees it exit and replaces it (`_replace`)
                 return True
-            with contextlib.suppress(OSError):  # the worker died: the reader fails the call
+            call.skip = True
+            with contextlib.suppress(OSError):  # the worker died: the reader ends the call
                 worker.outbox.send_bytes(SKIP + str(call.id).encode())
             return False
 
-    def _send(self, worker: _Worker, call: PoolCall) -> None:
-        """Under the lock: write `call` into `worker`'s pipe."""
+    def _send(self, worker: _Worker, call: PoolCall) -> bool:
+        """Under the lock: write `call` into `worker`'s pipe; False if the worker is gone."""
+        try:
+            worker.outbox.send_bytes(call.message)
+        except OSError:  # it died: the reader replaces it; the call stays to be sent
+            return False
+        if not worker.calls:
+            worker.started = time.perf_counter()
         call.worker = worker
         worker.calls.append(call)
-        with contextlib.suppress(OSError):  # the worker died: the reader fails/requeues its calls
-            worker.outbox.send_bytes(call.message)
+        return True
 
     def _dispatch(self, worker: _Worker) -> None:
         """Under the lock: queued calls to `worker` while it can take them."""
         queue = self._queue
-        while queue and worker.can_take(queue[0]):
-            self._send(worker, queue.popleft())
+        now = time.perf_counter()
+        while queue and worker.can_take(queue[0], now):
+            if not self._send(worker, queue[0]):
+                return
+            queue.popleft()
 
     # -- the reader thread ----------------------------------------------------------------------
     def _read(self) -> None:
@@ -308,8 +360,6 @@ class ProcessPool:
                 by_pipe: dict[Any, _Worker] = {w.inbox: w for w in self._workers}
                 by_sentinel: dict[Any, _Worker] = {w.process.sentinel: w for w in self._workers}
             ready = wait([*by_pipe, *by_sentinel, wake])
-            if wake in ready:
-                return  # closing
             for item in ready:
                 worker = by_pipe.get(item)
                 if worker is not None:
@@ -318,6 +368,9 @@ class ProcessPool:
                 dead = by_sentinel.get(item)
                 if dead is not None:
                     self._replace(dead)
+            if wake in ready:
+                with contextlib.suppress(OSError):
+                    os.read(wake, 512)
 
     def _receive(self, worker: _Worker) -> None:
         """Read every reply waiting in `worker`'s pipe and deliver it."""
@@ -328,11 +381,14 @@ class ProcessPool:
                 call = None
                 with self._lock:
                     calls = worker.calls
-                    if calls and calls[0].id == call_id:  # else its READY message
+                    if calls and calls[0].id == call_id:  # else a call killed or given up on
                         call = calls[0]
                         if last:
                             calls.popleft()
                             call.worker = None
+                            now = time.perf_counter()
+                            worker.last_s = now - worker.started
+                            worker.started = now
                             if not self._closing:
                                 self._dispatch(worker)
                 if call is not None:
@@ -349,6 +405,7 @@ class ProcessPool:
                 self._receive(dead)
         dead.process.join()
         code = dead.process.exitcode
+        ended: list[PoolCall] = []
         with self._lock:
             if self._closing or dead not in self._workers:
                 return
@@ -356,34 +413,70 @@ class ProcessPool:
             calls = list(dead.calls)
             dead.calls.clear()
             # Killed on purpose (`cancel`), nothing it had was running; else the first was.
-            waiting = calls if dead.killed else calls[1:]
-            for queued in reversed(waiting):  # never started: back to the queue's front
-                queued.worker = None
-                self._queue.appendleft(queued)
-            if dead.killed:
-                calls = []
+            running = None if dead.killed or not calls else calls[0]
+            for waiting in reversed(calls[1:] if running is not None else calls):
+                waiting.worker = None
+                if waiting.skip:  # given up on: it must not run anywhere
+                    ended.append(waiting)
+                else:  # never started: back to the queue's front
+                    self._queue.appendleft(waiting)
+            for other in self._workers:  # the others may take what was requeued
+                if not other.calls:
+                    self._dispatch(other)
+            spawner = threading.Thread(target=self._respawn, name="pipeline-pool-spawn")
+            self._spawners.add(spawner)
+            spawner.start()  # under the lock: `close` joins only started spawners
+        pid = dead.process.pid
         dead.outbox.close()
         dead.inbox.close()
-        if calls:
-            calls[0].worker = None
-            error = BrokenProcessPool(
-                f"a worker process (pid {dead.process.pid}) died with exit code {code} while "
-                "running this call; the pool started another worker"
-            )
-            calls[0].deliver(0, error, True)
+        with contextlib.suppress(ValueError):
+            dead.process.close()
+        for call in ended:
+            call.deliver(SKIPPED, 0, True)
+        if running is not None:
+            running.worker = None
+            running.deliver(0, BrokenProcessPool(
+                f"a worker process (pid {pid}) died with exit code {code} while "
+                "running this call; the pool starts another in its place"
+            ), True)  # fmt: skip
+
+    def _respawn(self) -> None:
+        """In its own thread: start a worker in place of a dead one, then give it work.
+
+        Not in the reader thread, so replies keep flowing while the new worker imports its
+        code; it joins the pool once ready (a call is never written to a worker not yet
+        reading). If none can be started and no worker is left, the queued calls fail and so
+        do later ones (`submit`).
+        """
+        me = threading.current_thread()
+        worker: _Worker | None = None
+        failure: str | None = None
         try:
             worker = self._spawn()
-        except Exception as exc:  # noqa: BLE001  # no new worker: fail what waits, if none are left
-            with self._lock:
-                stranded = [] if self._workers else list(self._queue)
-                if not self._workers:
-                    self._queue.clear()
-            for call in stranded:
-                call.deliver(0, RunnerError(f"no worker process could be started: {exc}"), True)
-            return
+            self._await_ready(worker)
+        except Exception as exc:  # noqa: BLE001  # any failure to start: said to the callers
+            failure = f"the process pool has no worker left: a new one could not start ({exc})"
+            if worker is not None:
+                worker.process.kill()
+                worker.close()
+                worker = None
+        stranded: list[PoolCall] = []
         with self._lock:
-            if self.closed:  # closed while the new worker started
-                worker.process.terminate()
-                return
-            self._workers.append(worker)
-            self._dispatch(worker)
+            self._spawners.discard(me)
+            if self._closing:
+                pass
+            elif worker is not None:
+                self._workers.append(worker)
+                self._dispatch(worker)
+            elif not self._workers and not self._spawners:
+                self._broken = failure
+                stranded = list(self._queue)
+                self._queue.clear()
+            closing = self._closing
+        if closing and worker is not None:
+            worker.process.kill()
+            worker.close()
+        elif worker is not None:
+            self._wake()  # the reader waits on the new worker's pipe too
+        for call in stranded:
+            call.deliver(0, RunnerError(failure or "the process pool has no worker left"), True)

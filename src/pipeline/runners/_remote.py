@@ -31,9 +31,9 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from pipeline.clock import SystemClock, current_clock
-from pipeline.errors import RemoteError, RunnerError, StageTimeoutError, UnpicklableError
+from pipeline.errors import RunnerError, StageTimeoutError, UnpicklableError
 from pipeline.result import StageResult
-from pipeline.runners._base import REMOTE_STOPPED, REMOTE_TRACEBACK_ATTR, current_backend
+from pipeline.runners._base import REMOTE_STOPPED, current_backend
 from pipeline.runners._batch import ItemTimedOut, batches_on, current_batcher
 from pipeline.runners._pickling import dumps, explain
 from pipeline.runners._worker import (
@@ -41,6 +41,7 @@ from pipeline.runners._worker import (
     ErrorInfo,
     Reply,
     Snapshot,
+    rebuild,
     replies_from_wire,
     run_call,
     wire_call,
@@ -330,15 +331,15 @@ class RemoteRunner:
                     replies = []
                 else:
                     replies = await self._exchange(job, key, blob, call_blob)
-        except anyio.get_cancelled_exc_class():
+        except Exception:
+            if stopped is not None:  # the call failed: nothing of it is left running
+                stopped.append(True)
+            raise
+        except BaseException:  # cancelled, or an interrupt (KeyboardInterrupt) while waiting
             with anyio.CancelScope(shield=True):
                 confirmed = await self._stop(job)
             if stopped is not None:
                 stopped.append(confirmed)
-            raise
-        except BaseException:
-            if stopped is not None:  # the call failed: nothing of it is left running
-                stopped.append(True)
             raise
         if stopped is not None:
             stopped.append(True)
@@ -490,27 +491,3 @@ def _unpicklable_call(call: Call) -> UnpicklableError:
         except Exception:  # noqa: BLE001  # this one
             return UnpicklableError(sid, f"context metric {key!r}", explain(value, "value"))
     return UnpicklableError(sid, "context deps", explain(snapshot.deps, "deps"))
-
-
-_stand_ins: dict[str, type[RemoteError]] = {}
-
-
-def rebuild(info: ErrorInfo) -> BaseException:
-    """The exception a worker sent back, with the remote traceback kept on it.
-
-    One that did not pickle comes back as a `RemoteError` subclass named after its type, so
-    its failure still reads `"OriginalType: message"`.
-    """
-    exc = info.exception
-    if exc is None:
-        cls = _stand_ins.get(info.type_name)
-        if cls is None:
-            name = info.type_name if info.type_name.isidentifier() else "RemoteException"
-            cls = type(name, (RemoteError,), {"__module__": RemoteError.__module__})
-            _stand_ins[info.type_name] = cls
-        exc = cls(info.type_name, info.text, info.traceback)
-    if info.traceback:
-        exc.add_note(f"Traceback in the worker process:\n{info.traceback.rstrip()}")
-        with contextlib.suppress(AttributeError, TypeError):  # an exotic exception type
-            setattr(exc, REMOTE_TRACEBACK_ATTR, info.traceback)
-    return exc

@@ -16,6 +16,7 @@ itself (about 13 us against 2 us per call, on each side of the pipe).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import pickle
@@ -24,11 +25,11 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from pipeline.context import PipelineContext
-from pipeline.errors import UnpicklableError
+from pipeline.errors import RemoteError, RunnerError, UnpicklableError
 from pipeline.result import StageResult
-from pipeline.runners._base import run_async, sync_body
+from pipeline.runners._base import REMOTE_TRACEBACK_ATTR, run_async, sync_body
 from pipeline.runners._pickling import dumps, explain, try_dumps
-from pipeline.runners._pool import CALL, READY, SKIP, SKIPPED, WHOLE
+from pipeline.runners._pool import CALL, FAILED, READY, SKIP, SKIPPED, WHOLE
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -193,10 +194,15 @@ def serve(calls: Connection, replies: Connection) -> None:
             skipped.discard(current)
             send(pickle.dumps((current, SKIPPED, 0, True)))
             continue
-        stage, sid, inputs, snapshot, items, backend = _load(key, blob, call_blob)
+        try:
+            stage, sid, inputs, snapshot, items, backend = _load(key, blob, call_blob)
+        except Exception as exc:  # noqa: BLE001  # e.g. an input whose module is not here
+            send(_failed_call(current, exc))
+            continue
         if not streamed or not inputs:
             replies_ = [_run_one(stage, value, snapshot, backend) for value in inputs]
             send(pickle.dumps((current, WHOLE, _replies_blob(sid, items, replies_), True)))
+            skipped.discard(current)
             continue
         last = len(inputs) - 1
         for position, value in enumerate(inputs):
@@ -211,6 +217,35 @@ def serve(calls: Connection, replies: Connection) -> None:
             blob_ = _replies_blob(sid, items[position : position + 1], [reply])
             send(pickle.dumps((current, position, blob_, position == last)))
         skipped.discard(current)
+
+
+def _failed_call(call_id: int, exc: Exception) -> bytes:
+    """The reply ending a call that could not be loaded here: its error, pickled on its own.
+
+    The envelope stays plain (ints and bytes), so the pool's reader thread never unpickles
+    anything that could fail; the event loop does (`failure_of`).
+    """
+    return pickle.dumps((call_id, FAILED, dumps(tuple(error_info(exc))), True))
+
+
+def failure_of(blob: bytes) -> BaseException:
+    """The exception a worker sent for a call it could not load (`_failed_call`)."""
+    try:
+        info = ErrorInfo(*pickle.loads(blob))  # our worker's bytes
+    except Exception as exc:  # noqa: BLE001  # its exception's class is not importable here
+        return RunnerError(f"a worker could not load the call, and its error cannot be read: {exc}")
+    return rebuild(info)
+
+
+def item_reply(blob: bytes) -> Reply:
+    """The one `Reply` of a streamed item (a failed one if it cannot be unpickled here)."""
+    try:
+        return replies_from_wire(blob)[0]
+    except Exception as exc:  # noqa: BLE001  # e.g. an output whose class is not importable here
+        problem = RunnerError(f"the reply of a worker cannot be unpickled here: {exc}")
+        return Reply(
+            ok=False, payload=ErrorInfo(problem, "RunnerError", str(problem), ""), writes=[]
+        )
 
 
 def wire_call(call: Call) -> tuple[Any, ...]:
@@ -291,3 +326,27 @@ def _picklable(stage_id: str, index: int | None, reply: Reply) -> Reply:
         return Reply(ok=False, payload=error_info(problem), writes=reply.writes)
     info: ErrorInfo = reply.payload  # its exception was checked already: drop it to be sure
     return Reply(ok=False, payload=info._replace(exception=None), writes=reply.writes)
+
+
+_stand_ins: dict[str, type[RemoteError]] = {}
+
+
+def rebuild(info: ErrorInfo) -> BaseException:
+    """The exception a worker sent back, with the remote traceback kept on it.
+
+    One that did not pickle comes back as a `RemoteError` subclass named after its type, so
+    its failure still reads `"OriginalType: message"`.
+    """
+    exc = info.exception
+    if exc is None:
+        cls = _stand_ins.get(info.type_name)
+        if cls is None:
+            name = info.type_name if info.type_name.isidentifier() else "RemoteException"
+            cls = type(name, (RemoteError,), {"__module__": RemoteError.__module__})
+            _stand_ins[info.type_name] = cls
+        exc = cls(info.type_name, info.text, info.traceback)
+    if info.traceback:
+        exc.add_note(f"Traceback in the worker process:\n{info.traceback.rstrip()}")
+        with contextlib.suppress(AttributeError, TypeError):  # an exotic exception type
+            setattr(exc, REMOTE_TRACEBACK_ATTR, info.traceback)
+    return exc

@@ -19,10 +19,10 @@ import anyio
 
 from pipeline.errors import DefinitionError
 from pipeline.runners._pickling import cloudpickle_module
-from pipeline.runners._pool import SKIPPED, WHOLE, PoolCall, ProcessPool
+from pipeline.runners._pool import FAILED, SKIPPED, WHOLE, PoolCall, ProcessPool
 from pipeline.runners._remote import RemoteRunner
 from pipeline.runners._wake import loop_inbox
-from pipeline.runners._worker import replies_from_wire, serve
+from pipeline.runners._worker import failure_of, item_reply, replies_from_wire, serve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,14 +130,23 @@ class ProcessRunner(RemoteRunner):
         done = anyio.Event()
         whole: list[Any] = []
         inbox = loop_inbox()
+        replied = 0  # streamed items that came back (the next one is the one running)
 
-        def on_loop(position: int, payload: Any, last: bool) -> None:
-            if position == WHOLE or isinstance(payload, BaseException) or sink is None:
+        def on_loop(position: int, payload: Any, last: bool) -> None:  # on the loop: never raises
+            nonlocal replied
+            if position == FAILED:
+                payload = failure_of(payload)
+            if isinstance(payload, BaseException):
+                whole.append(payload)
+                if sink is not None:  # the items after the one that was running never ran
+                    sink.skip_from(replied + 1)
+            elif sink is None or position == WHOLE:
                 whole.append(payload)
             elif position == SKIPPED:
                 sink.skip_from(payload)
             else:
-                sink.reply(position, replies_from_wire(payload)[0])
+                replied += 1
+                sink.reply(position, item_reply(payload))
             if last:
                 done.set()
 
@@ -154,7 +163,12 @@ class ProcessRunner(RemoteRunner):
                 self.calls_sent += 1
                 self.in_flight += 1
             skip = job.skip
-        pool.submit(call)
+        try:
+            pool.submit(call)
+        except BaseException:
+            with self._count_lock:  # never sent
+                self.in_flight -= 1
+            raise
         if skip:
             self.skip_rest(job)
         await done.wait()

@@ -156,10 +156,11 @@ async def test_an_item_that_hangs_times_out_alone_and_the_rest_of_its_batch_runs
         retry_config=RetryConfig(max_attempts=2, initial_delay_ms=0),
     )
     async with ProcessRunner(2, terminate_on_cancel=terminate) as remote:
+        executor = PipelineExecutor(runners={"remote": remote}, observers=[events])
         try:
-            result = await run(remote, [stage], list(range(6)), observers=[events])
-            # The run ended while item 2's first run was still blocked in its worker.
-            assert not release.exists()
+            # Item 2's first run blocks its worker up to 10 s: the run must not wait for it.
+            with anyio.fail_after(5):
+                result = await executor.execute(PipelineDefinition("p", [stage]), list(range(6)))
         finally:
             release.touch()
         await until(lambda: remote.in_flight == 0)
