@@ -211,9 +211,9 @@ class Batcher:
                 # item is released too, so the next one's turn comes; its late reply is
                 # ignored.)
                 batch.release_from(position)
-                if batch.job is not None:
-                    self.runner.skip_rest(batch.job)
-            return ItemTimedOut(stopped=came_back)
+                killed = batch.job is not None and self.runner.skip_rest(batch.job)
+                return ItemTimedOut(stopped=killed)
+            return ItemTimedOut(stopped=True)
         return None
 
     @staticmethod

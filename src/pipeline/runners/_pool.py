@@ -111,7 +111,7 @@ class PoolCall:
 class _Worker:
     """A worker process, its two pipe ends in this process, and the calls sent to it."""
 
-    __slots__ = ("calls", "inbox", "killed", "last_s", "outbox", "process", "started")
+    __slots__ = ("calls", "inbox", "killed", "last_s", "outbox", "process", "reading", "started")
 
     def __init__(self, process: BaseProcess, outbox: Connection, inbox: Connection) -> None:
         self.process = process
@@ -121,6 +121,7 @@ class _Worker:
         self.killed = False  # by `cancel`: the calls left on it go back to the queue
         self.started = 0.0  # when its current call began (`time.perf_counter`)
         self.last_s = math.inf  # how long its last call took (unknown: long)
+        self.reading = False  # the reader thread is taking a reply out of its pipe
 
     def can_take(self, call: PoolCall, now: float) -> bool:
         """Idle, or busy with short work and room for a small call in its pipe."""
@@ -253,19 +254,19 @@ class ProcessPool:
         self._wake()
         for thread in spawners:  # each reaps the worker it was starting
             thread.join()
-        for worker in workers:
-            worker.close()
+        # The reader first: it may be replacing a worker that died (joining its process).
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join()
+        for worker in workers:
+            worker.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         for call in orphans:
             call.deliver(0, RunnerError("the process pool closed before this call returned"), True)
 
-    @property
-    def closed(self) -> bool:
-        """True once `close` has begun."""
+    def _is_closing(self) -> bool:
+        """True once `close` has begun (a call, so that type checkers do not narrow it)."""
         return self._closing
 
     def _wake(self) -> None:
@@ -318,7 +319,15 @@ class ProcessPool:
                 return False  # delivered already (the pool closed)
             if call not in worker.calls:
                 return False  # it returned meanwhile
-            if terminate and worker.calls[0] is call and not self._closing:
+            if (
+                terminate
+                and worker.calls[0] is call
+                and not self._closing
+                # A reply on its way means the call may have ended and the worker moved on to
+                # the next one in its pipe: killing it then would stop (and rerun) that one.
+                and not worker.reading
+                and not worker.inbox.poll()
+            ):
                 worker.calls.popleft()
                 call.worker = None
                 worker.killed = True
@@ -377,9 +386,18 @@ class ProcessPool:
         inbox = worker.inbox
         try:
             while True:
-                call_id, position, payload, last = pickle.loads(inbox.recv_bytes())  # our worker's
+                with self._lock:
+                    worker.reading = True  # `cancel` must not kill it meanwhile
+                try:
+                    data = inbox.recv_bytes()
+                except BaseException:
+                    with self._lock:
+                        worker.reading = False
+                    raise
+                call_id, position, payload, last = pickle.loads(data)  # our worker's bytes
                 call = None
                 with self._lock:
+                    worker.reading = False
                     calls = worker.calls
                     if calls and calls[0].id == call_id:  # else a call killed or given up on
                         call = calls[0]
@@ -400,6 +418,8 @@ class ProcessPool:
 
     def _replace(self, dead: _Worker) -> None:
         """`dead` exited: fail the call it ran, requeue the ones behind it, start another."""
+        if self._is_closing():
+            return  # `close` reaps it
         with contextlib.suppress(EOFError, OSError):
             if dead.inbox.poll():  # replies it sent before it died
                 self._receive(dead)
@@ -407,7 +427,7 @@ class ProcessPool:
         code = dead.process.exitcode
         ended: list[PoolCall] = []
         with self._lock:
-            if self._closing or dead not in self._workers:
+            if self._is_closing() or dead not in self._workers:
                 return
             self._workers.remove(dead)
             calls = list(dead.calls)

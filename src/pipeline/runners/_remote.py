@@ -97,7 +97,10 @@ class _Remap:
         self.sink.reply(self.positions[position], reply)
 
     def skip_from(self, position: int) -> None:
-        self.sink.skip_from(self.positions[position])
+        positions = self.positions
+        # Past the last input sent (the call failed on its last one): nothing more of it.
+        first = positions[position] if position < len(positions) else positions[-1] + 1
+        self.sink.skip_from(first)
 
 
 class RemoteRunner:
@@ -360,12 +363,13 @@ class RemoteRunner:
         """A handle for one `run_inputs` call, for `skip_rest`."""
         return _Job()
 
-    def skip_rest(self, job: _Job) -> None:
+    def skip_rest(self, job: _Job) -> bool:
         """Ask the worker to skip the items of `job`'s call it has not started.
 
         A backend that `streams_replies` then ends the call with `sink.skip_from`; the others
-        ignore it.
+        ignore it. True when the item running is stopped too (its worker was killed).
         """
+        return False
 
     async def _exchange(
         self, job: _Job, key: bytes, blob: bytes, call_blob: bytes, sink: ReplySink | None = None

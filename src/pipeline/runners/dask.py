@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio  # noqa: TID251  # only on the cluster's own (asyncio) loop thread, never the run's
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -39,13 +40,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pipeline.runners._remote import ReplySink, _Job
+    from pipeline.runners._wake import LoopInbox
     from pipeline.runners._worker import Reply
+
+    _Unsent = tuple[_Job, tuple[bytes, bytes, bytes], Callable[[Any], None]]
 
 CONNECT_TIMEOUT_S = 30
 """How long connecting to a scheduler at `address` may take."""
 STOP_GRACE_S = 5.0
 """How long closing the runner waits for its gather thread to end."""
-GATHER_WINDOW_S = 0.01
+GATHER_WINDOW_S = 0.005
 """While more tasks are out, how long the gather thread lets finished ones gather before one
 `client.gather` fetches them all (each request costs this process ~1 ms of client and, for a
 `LocalCluster`, scheduler work; Dask batches its own messages the same way). A lone task is
@@ -105,8 +109,10 @@ class DaskRunner(RemoteRunner):
         self._client: Any = None
         self._cluster: Any = None
         self._gatherer: _Gatherer | None = None
-        self._unsent: list[tuple[_Job, tuple[bytes, bytes, bytes], Callable[[Any], None]]] = []
-        """Calls of this event-loop turn, sent together by `_flush` (one graph update)."""
+        self._unsent: dict[LoopInbox, list[_Unsent]] = {}
+        """Each event loop's calls of its current turn, sent together by `_flush` (one graph
+        update); per loop, as runs on several loops may share the runner."""
+        self._unsent_lock = threading.Lock()
 
     @property
     def client(self) -> distributed.Client | None:
@@ -185,23 +191,35 @@ class DaskRunner(RemoteRunner):
         # Sent at the end of this turn of the event loop, with the calls made meanwhile: each
         # `client.submit` is a graph update of its own on the scheduler (~0.15 ms of this
         # process's time, which also runs a LocalCluster's scheduler), `client.map` is one.
-        self._unsent.append((job, (key, blob, call_blob), deliver))
-        if len(self._unsent) == 1:
-            inbox.post(self._flush)
+        with self._unsent_lock:
+            unsent = self._unsent.setdefault(inbox, [])
+            unsent.append((job, (key, blob, call_blob), deliver))
+            first = len(unsent) == 1
+        if first:
+            inbox.post(functools.partial(self._flush, inbox))
         await done.wait()
         value = outcome[0]
         if isinstance(value, BaseException):
             raise value
         return replies_from_wire(value)
 
-    def _flush(self) -> None:
+    def _flush(self, inbox: LoopInbox) -> None:
         """On the event loop: submit the calls of this turn not given up on meanwhile."""
-        unsent, self._unsent = self._unsent, []
+        with self._unsent_lock:
+            unsent = self._unsent.pop(inbox, [])
         client: Any = self._client
         gatherer = self._gatherer
-        # On the loop, like `_stop`, so no call is given up on between this check and its send.
+        # On the calls' own loop, like `_stop` for each of them: none is given up on between
+        # this check and its send.
         calls = [entry for entry in unsent if not entry[0].abandoned]
-        if not calls or client is None or gatherer is None:
+        if not calls:
+            return
+        if client is None or gatherer is None:  # the runner closed meanwhile
+            closed = RunnerError(f"{self!r} closed before this call was sent")
+            for _, _, deliver in calls:
+                with self._count_lock:
+                    self.in_flight += 1  # `deliver` counts it back
+                deliver(closed)
             return
         try:
             if len(calls) == 1:
@@ -250,10 +268,9 @@ class _Gatherer:
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        # Futures watched (counted by the watching thread) and fetched (by this one): each
-        # counter has one writer, so no update is lost; their difference is what is out.
-        self._watched = 0
-        self._fetched = 0
+        self._lock = threading.Lock()
+        self._out: dict[int, Callable[[Any], None]] = {}
+        """The `deliver` of each future watched and not delivered yet, by id: what is out."""
         self._queue: queue.SimpleQueue[tuple[Any, Callable[[Any], None]] | None] = (
             queue.SimpleQueue()
         )
@@ -263,22 +280,30 @@ class _Gatherer:
     def watch(self, future: Any, deliver: Callable[[bytes | BaseException], None]) -> None:
         """Call `deliver` (in this thread) with `future`'s result once it has finished."""
         put = self._queue.put
-        self._watched += 1
+        with self._lock:
+            self._out[id(future)] = deliver
         future.add_done_callback(lambda finished: put((finished, deliver)))
 
     def stop(self) -> None:
-        """Finish the batch in hand and end the thread (futures still running are dropped).
+        """Finish the batch in hand and end the thread; calls still out fail with RunnerError.
 
         Waits at most `STOP_GRACE_S`: a gather stuck on a lost cluster must not hold up the
         close (the thread is a daemon; closing the client ends its requests).
         """
         self._queue.put(None)
         self._thread.join(timeout=STOP_GRACE_S)
+        if self._thread.is_alive():  # pragma: no cover - stuck: it may still deliver them
+            return
+        with self._lock:
+            out, self._out = list(self._out.values()), {}
+        closed = RunnerError("the Dask runner closed before this call returned")
+        for deliver in out:
+            deliver(closed)
 
     def _run(self) -> None:
         while True:
             entry = self._queue.get()
-            if entry is not None and self._watched - self._fetched > 1:
+            if entry is not None and len(self._out) > 1:
                 time.sleep(GATHER_WINDOW_S)  # noqa: TID251  # this thread only: a batching window
             batch = []
             while entry is not None:
@@ -288,7 +313,9 @@ class _Gatherer:
                 except queue.Empty:
                     break
             if batch:
-                self._fetched += len(batch)
+                with self._lock:
+                    for future, _ in batch:
+                        self._out.pop(id(future), None)
                 self._fetch(batch)
             if entry is None:
                 return

@@ -168,6 +168,7 @@ class ProcessRunner(RemoteRunner):
         except BaseException:
             with self._count_lock:  # never sent
                 self.in_flight -= 1
+                self.calls_sent -= 1
             raise
         if skip:
             self.skip_rest(job)
@@ -186,20 +187,23 @@ class ProcessRunner(RemoteRunner):
             self.in_flight -= 1
         return True
 
-    def skip_rest(self, job: _Job) -> None:
-        """Ask the worker running `job`'s call to skip the items it has not started.
+    def skip_rest(self, job: _Job) -> bool:
+        """Stop what `job`'s call has not finished.
 
-        The call then ends with `sink.skip_from(first skipped item)` (at once when it had not
-        left the pool's queue); sent already or finished, nothing else changes.
+        Its worker is killed (`terminate_on_cancel`), or asked to skip the items it has not
+        started. The call then ends with `sink.skip_from(...)` (at once when it was withdrawn from the
+        pool's queue or its worker killed: True, nothing of it runs any more).
         """
         with job.lock:
             call: PoolCall | None = job.handle
             if call is None:
                 job.skip = True  # `_exchange` asks again once it has sent the call
-                return
+                return True
         pool = self._pool
         if pool is not None and pool.cancel(call, terminate=self.terminate_on_cancel):
             call.deliver(SKIPPED, 0, True)  # withdrawn or its worker killed: it ends here
+            return True
+        return False
 
     def __repr__(self) -> str:
         return f"ProcessRunner(max_workers={self.max_workers!r})"

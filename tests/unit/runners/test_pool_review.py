@@ -118,18 +118,21 @@ async def test_a_batched_item_timeout_does_not_wait_for_the_stuck_worker(tmp_pat
 
 
 def sleeps(x: int, ctx: PipelineContext[Any]) -> int:
-    time.sleep({0: 0.8, 1: 0.05, 2: 0.3}[x])  # noqa: TID251  # the work itself
-    return x
+    """Item 0 takes 1.5 s, item 1 0.05 s, item 2 nothing; each returns its worker's pid."""
+    time.sleep({0: 1.5, 1: 0.05, 2: 0.0}[x])  # noqa: TID251  # the work itself
+    return os.getpid()
 
 
 async def test_a_call_does_not_wait_behind_a_long_call_while_another_worker_is_idle() -> None:
-    # Every item fits its timeout on its own, and a worker is free after 0.05 s.
-    stage = fan(sleeps, timeout_ms=1000)
+    # Item 2 must go to the worker that is free after 0.05 s, not wait behind item 0.
+    stage = fan(sleeps)
     async with ProcessRunner(2) as runner:
         executor = PipelineExecutor(runners={"remote": runner})
         with anyio.fail_after(20):
             result = await executor.execute(PipelineDefinition("p", [stage]), [0, 1, 2])
-    assert result.outputs == {"each": [0, 1, 2]}, result.stage_results["each"].error
+    long_one, short_one, third = result.outputs["each"]
+    assert long_one != short_one
+    assert third != long_one  # it ran on the free worker
 
 
 # -- worker deaths ------------------------------------------------------------------------------
