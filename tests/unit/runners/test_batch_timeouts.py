@@ -24,7 +24,6 @@ import cloudpickle  # type: ignore[import-untyped]  # no stubs
 import pytest
 
 from pipeline import (
-    ExecutionPattern,
     FunctionStage,
     PipelineContext,
     PipelineDefinition,
@@ -33,8 +32,9 @@ from pipeline import (
     RetryConfig,
     StageDefinition,
 )
-from pipeline.events import AttemptStarted, PipelineEvent
+from pipeline.events import AttemptStarted
 from pipeline.runners import ProcessRunner
+from tests.unit.runners._support import GUARD_S, Collect, fan, until, works_for
 
 if TYPE_CHECKING:
     from pipeline.runners import RemoteRunner
@@ -42,17 +42,6 @@ if TYPE_CHECKING:
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
 
 pytestmark = pytest.mark.anyio
-
-GUARD_S = 20
-"""Bound on any one run here (a hang fails the test instead of the suite)."""
-
-
-def works_for(seconds: float) -> Any:
-    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
-        time.sleep(seconds)  # noqa: TID251  # the work itself, in a worker process
-        return x
-
-    return body
 
 
 def hangs_once(at: int, release: str, runs: str) -> Any:
@@ -86,32 +75,12 @@ def dies_once(marker: str) -> Any:
     return body
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[PipelineEvent] = []
-
-    def on_event(self, event: PipelineEvent) -> None:
-        self.events.append(event)
-
-
 async def run(
     runner: RemoteRunner, stages: list[StageDefinition], initial: Any, **kw: Any
 ) -> PipelineResult:
     executor = PipelineExecutor(runners={"remote": runner}, **kw)
     with anyio.fail_after(GUARD_S):
         return await executor.execute(PipelineDefinition("p", stages), initial)
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(GUARD_S):
-        while not predicate():  # noqa: ASYNC110  # counters updated in threads have no event
-            await anyio.sleep(0.01)
-
-
-def fan(fn: Any, **kw: Any) -> StageDefinition:
-    return StageDefinition(
-        "each", FunctionStage(fn), pattern=ExecutionPattern.FAN_OUT, runner="remote", **kw
-    )
 
 
 async def test_a_stage_with_timeout_ms_is_still_sent_in_batches_on_processes(

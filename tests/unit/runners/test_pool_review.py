@@ -19,15 +19,14 @@ import cloudpickle  # type: ignore[import-untyped]  # no stubs
 import pytest
 
 from pipeline import (
-    ExecutionPattern,
     FunctionStage,
     PipelineContext,
     PipelineDefinition,
     PipelineExecutor,
     RetryConfig,
-    StageDefinition,
 )
 from pipeline.runners import ProcessRunner
+from tests.unit.runners._support import fan
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
 
@@ -75,12 +74,6 @@ async def outcome(runner: ProcessRunner, x: Any, bound_s: float = 20) -> tuple[s
         return "hung", None
     except Exception as exc:  # what the call raised is the outcome
         return "error", exc
-
-
-def fan(fn: Any, **kw: Any) -> StageDefinition:
-    return StageDefinition(
-        "each", FunctionStage(fn), pattern=ExecutionPattern.FAN_OUT, runner="remote", **kw
-    )
 
 
 # -- batches with timeout_ms -------------------------------------------------------------------

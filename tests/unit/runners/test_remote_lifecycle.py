@@ -34,6 +34,7 @@ from pipeline import (
     StageDefinition,
 )
 from pipeline.runners import ProcessRunner
+from tests.unit.runners._support import GUARD_S, blocks_until, until
 
 if TYPE_CHECKING:
     from pipeline.runners import RemoteRunner
@@ -42,7 +43,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not 
 
 pytestmark = pytest.mark.anyio
 
-GUARD_S = 20
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -55,20 +55,6 @@ def sleeps_5s(x: Any, ctx: PipelineContext[Any]) -> Any:
     return x
 
 
-def blocks_until(release: str, started: str | None = None) -> Any:
-    """A body marking that it started, then waiting (at most 10 s) for the release file."""
-
-    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
-        if started is not None:
-            Path(started, f"{x}").touch()
-        deadline = time.monotonic() + 10
-        while not Path(release).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # noqa: TID251  # in a worker process, not a loop
-        return x
-
-    return body
-
-
 def one(stage: StageDefinition) -> PipelineDefinition:
     return PipelineDefinition("p", [stage])
 
@@ -76,12 +62,6 @@ def one(stage: StageDefinition) -> PipelineDefinition:
 async def run_on(runner: Any, stage: StageDefinition, initial: Any = None) -> PipelineResult:
     with anyio.fail_after(GUARD_S):
         return await PipelineExecutor(runners={"remote": runner}).execute(one(stage), initial)
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(GUARD_S):
-        while not predicate():  # noqa: ASYNC110  # counters updated in threads have no event
-            await anyio.sleep(0.01)
 
 
 async def closes_within(runner: RemoteRunner, seconds: float) -> None:

@@ -31,6 +31,7 @@ from pipeline import (
 )
 from pipeline.runners import ProcessRunner
 from pipeline.testing import FakeClock
+from tests.unit.runners._support import GUARD_S, blocks_until, until, works_for
 
 if TYPE_CHECKING:
     from pipeline.runners import RemoteRunner
@@ -39,17 +40,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not 
 
 pytestmark = pytest.mark.anyio
 
-GUARD_S = 20
-"""Bound on any one run here (a hang fails the test instead of the suite)."""
-
-
-def works_for(seconds: float) -> Any:
-    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
-        time.sleep(seconds)  # noqa: TID251  # the work itself, in a worker process
-        return x
-
-    return body
-
 
 async def run(
     runner: RemoteRunner, stages: list[StageDefinition], initial: Any = None, **kw: Any
@@ -57,12 +47,6 @@ async def run(
     executor = PipelineExecutor(runners={"remote": runner}, **kw)
     with anyio.fail_after(GUARD_S):
         return await executor.execute(PipelineDefinition("p", stages), initial)
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(GUARD_S):
-        while not predicate():  # noqa: ASYNC110  # counters updated in threads have no event
-            await anyio.sleep(0.01)
 
 
 # -- virtual time -----------------------------------------------------------------------------------
@@ -165,16 +149,6 @@ async def test_a_pool_broken_by_abandoned_work_does_not_fail_a_later_stage(
 
 
 # -- closing a Dask cluster the runner owns ---------------------------------------------------------
-def blocks_until(release: str) -> Any:
-    """A body waiting (at most 10 s) for the release file."""
-
-    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
-        deadline = time.monotonic() + 10
-        while not Path(release).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # noqa: TID251  # in a worker process, not a loop
-        return x
-
-    return body
 
 
 async def test_an_owned_dask_cluster_closes_without_waiting_for_abandoned_tasks(

@@ -31,7 +31,8 @@ from pipeline import (
     StageDefinition,
 )
 from pipeline.cache import MemoryCache
-from pipeline.events import AttemptStarted, PipelineEvent
+from pipeline.events import AttemptStarted
+from tests.unit.runners._support import GUARD_S, Collect, blocks_until, fan, until
 
 if TYPE_CHECKING:
     from pipeline.runners import RemoteRunner
@@ -41,8 +42,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not 
 pytestmark = pytest.mark.anyio
 
 FAN_OUT = ExecutionPattern.FAN_OUT
-GUARD_S = 20
-"""Bound on any one run here (a hang fails the test instead of the suite)."""
 
 
 # -- stage bodies (they run in the workers) ----------------------------------------------------------
@@ -102,31 +101,6 @@ def fails_until(path: str, times: int) -> Any:
     return body
 
 
-def blocks_until(release: str, started: str, fail: Any = None) -> Any:
-    """A body marking that it started, then waiting (at most 10 s) for the release file."""
-
-    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
-        Path(started, f"{x}").touch()
-        if fail is not None and x == fail:
-            raise RuntimeError(f"item {x} failed")
-        deadline = time.monotonic() + 10
-        while not Path(release).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # noqa: TID251  # in a worker process, not a loop
-        return x
-
-    return body
-
-
-class Collect:
-    """A sync observer keeping every event."""
-
-    def __init__(self) -> None:
-        self.events: list[PipelineEvent] = []
-
-    def on_event(self, event: PipelineEvent) -> None:
-        self.events.append(event)
-
-
 async def run(
     runner: RemoteRunner,
     stages: list[StageDefinition],
@@ -138,17 +112,6 @@ async def run(
     executor = PipelineExecutor(runners={"remote": runner}, **kw)
     with anyio.fail_after(GUARD_S):
         return await executor.execute(PipelineDefinition("p", stages), initial, context)
-
-
-def fan(fn: Any, **kw: Any) -> StageDefinition:
-    return StageDefinition("each", FunctionStage(fn), pattern=FAN_OUT, runner="remote", **kw)
-
-
-async def until(predicate: Any) -> None:
-    """Wait (polling, guarded) until `predicate()` holds."""
-    with anyio.fail_after(GUARD_S):
-        while not predicate():  # noqa: ASYNC110  # a counter in threads has no event
-            await anyio.sleep(0.01)
 
 
 # -- results ------------------------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,15 +27,15 @@ from pipeline import (
 )
 from pipeline.runners import RemoteRunner
 from pipeline.runners._wake import LoopInbox, loop_inbox
+from tests.unit.runners._support import GUARD_S, blocks_until, until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from pipeline.runners.dask import DaskRunner
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
-
-GUARD_S = 20
 
 
 # -- LoopInbox ------------------------------------------------------------------------------------
@@ -157,18 +155,6 @@ def test_when_a_batch_cannot_be_gathered_each_task_is_taken_on_its_own() -> None
 
 
 # -- a Dask call that never started ---------------------------------------------------------------
-def blocks_until(release: str, started: str | None = None) -> Any:
-    """A body marking that it started, then waiting (at most 10 s) for the release file."""
-
-    def body(x: Any, ctx: PipelineContext[Any]) -> Any:
-        if started is not None:
-            Path(started, f"{x}").touch()
-        deadline = time.monotonic() + 10
-        while not Path(release).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # noqa: TID251  # in a worker process, not a loop
-        return x
-
-    return body
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +180,6 @@ async def run_on(runner: Any, stage: StageDefinition, initial: Any = None) -> Pi
     with anyio.fail_after(GUARD_S):
         definition = PipelineDefinition("p", [stage])
         return await PipelineExecutor(runners={"remote": runner}).execute(definition, initial)
-
-
-async def until(predicate: Any) -> None:
-    with anyio.fail_after(GUARD_S):
-        while not predicate():  # noqa: ASYNC110  # counters updated in threads have no event
-            await anyio.sleep(0.01)
 
 
 @pytest.mark.anyio
