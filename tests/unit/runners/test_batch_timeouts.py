@@ -195,7 +195,9 @@ async def test_the_worker_of_a_timed_out_attempt_is_killed_before_the_retry_runs
         timeout_ms=300,
         retry_config=RetryConfig(max_attempts=2, initial_delay_ms=0),
     )
-    async with ProcessRunner(1) as remote:
+    # Two workers: the retry goes to the idle one (with one, it would also wait for the
+    # replacement of the killed worker to start, which a loaded machine may not fit in 300 ms).
+    async with ProcessRunner(2) as remote:
         result = await run(remote, [stage], 1)
         assert result.outputs == {"s": 2}, result.stage_results["s"].error
         first, second = result.stage_runs["s"].attempt_runs
