@@ -64,7 +64,8 @@ class ItemTimedOut:
 
     def __init__(self, stopped: bool) -> None:
         self.stopped = stopped
-        """Whether the item's work is known to have ended (it came back, too late)."""
+        """Whether the item's work is known to have ended: it came back (too late), or its
+        worker was killed (`ProcessRunner(terminate_on_cancel=True)`)."""
 
 
 class _Batch:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import typing
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from pipeline import (
     PipelineResult,
     RetryConfig,
     StageDefinition,
+    stage,
 )
 from pipeline.events import AttemptStarted
 from pipeline.runners import ProcessRunner
@@ -209,3 +211,37 @@ async def test_the_worker_of_a_timed_out_attempt_is_killed_before_the_retry_runs
         assert stuck != retried
         await until(lambda: not alive(stuck))
         assert second.error is None
+
+
+def slow_at(at: int, seconds: float) -> Any:
+    """Item `at` works `seconds`; the others return at once (times ten)."""
+
+    def body(x: int, ctx: PipelineContext[Any]) -> int:
+        if x == at:
+            time.sleep(seconds)  # noqa: TID251  # the work itself, in a worker process
+        return x * 10
+
+    return body
+
+
+@stage
+async def numbers(_: Any, ctx: PipelineContext[Any]) -> typing.AsyncIterator[int]:
+    """A streaming producer: 0, 1, 2, 3."""
+    for i in range(4):
+        yield i
+
+
+async def test_a_streamed_fan_out_on_processes_keeps_each_items_timeout(tmp_path: Path) -> None:
+    # Items fed by a producer are sent one by one (no batch forms from a stream); the runner
+    # bounds each by timeout_ms itself, as the chain's timeout link would.
+    each = fan(slow_at(2, 5.0), inputs=["numbers"], batch_size=4, timeout_ms=300)
+    async with ProcessRunner(2) as remote:
+        executor = PipelineExecutor(runners={"remote": remote})
+        with anyio.fail_after(4):  # item 2 works 5 s: waiting for it would trip this
+            result = await executor.execute(
+                PipelineDefinition("p", [StageDefinition("numbers", numbers), each])
+            )
+    assert not result.success
+    assert "Timeout: stage 'each' item 2 exceeded timeout_ms=300" in (
+        result.stage_results["each"].error or ""
+    )
