@@ -111,7 +111,17 @@ class PoolCall:
 class _Worker:
     """A worker process, its two pipe ends in this process, and the calls sent to it."""
 
-    __slots__ = ("calls", "inbox", "killed", "last_s", "outbox", "process", "reading", "started")
+    __slots__ = (
+        "calls",
+        "inbox",
+        "kill_for",
+        "killed",
+        "last_s",
+        "outbox",
+        "process",
+        "reading",
+        "started",
+    )
 
     def __init__(self, process: BaseProcess, outbox: Connection, inbox: Connection) -> None:
         self.process = process
@@ -122,6 +132,7 @@ class _Worker:
         self.started = 0.0  # when its current call began (`time.perf_counter`)
         self.last_s = math.inf  # how long its last call took (unknown: long)
         self.reading = False  # the reader thread is taking a reply out of its pipe
+        self.kill_for: PoolCall | None = None  # kill it once a reply shows this call runs on
 
     def can_take(self, call: PoolCall, now: float) -> bool:
         """Idle, or busy with short work and room for a small call in its pipe."""
@@ -319,24 +330,28 @@ class ProcessPool:
                 return False  # delivered already (the pool closed)
             if call not in worker.calls:
                 return False  # it returned meanwhile
-            if (
-                terminate
-                and worker.calls[0] is call
-                and not self._closing
-                # A reply on its way means the call may have ended and the worker moved on to
-                # the next one in its pipe: killing it then would stop (and rerun) that one.
-                and not worker.reading
-                and not worker.inbox.poll()
-            ):
-                worker.calls.popleft()
-                call.worker = None
-                worker.killed = True
-                worker.process.kill()  # the reader sees it exit and replaces it (`_replace`)
-                return True
+            if terminate and worker.calls[0] is call and not self._closing:
+                if not worker.reading and not worker.inbox.poll():
+                    self._kill(worker)
+                    return True
+                # A reply on its way: the call may have ended, the worker moved on to the next
+                # one in its pipe, and killing it now would stop (and rerun) that one. The
+                # reader decides once it has read the reply (`_receive`): an item's reply of a
+                # call still running means kill, the call's last one means it ended.
+                worker.kill_for = call
             call.skip = True
             with contextlib.suppress(OSError):  # the worker died: the reader ends the call
                 worker.outbox.send_bytes(SKIP + str(call.id).encode())
             return False
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
+        """Under the lock: kill `worker` for the call it runs (the reader replaces it)."""
+        call = worker.calls.popleft()
+        call.worker = None
+        worker.killed = True
+        worker.kill_for = None
+        worker.process.kill()
 
     def _send(self, worker: _Worker, call: PoolCall) -> bool:
         """Under the lock: write `call` into `worker`'s pipe; False if the worker is gone."""
@@ -396,12 +411,17 @@ class ProcessPool:
                     raise
                 call_id, position, payload, last = pickle.loads(data)  # our worker's bytes
                 call = None
+                killed = False
                 with self._lock:
                     worker.reading = False
                     calls = worker.calls
                     if calls and calls[0].id == call_id:  # else a call killed or given up on
                         call = calls[0]
-                        if last:
+                        if worker.kill_for is call and not last and not self._closing:
+                            self._kill(worker)  # given up on, and still running: stop it
+                            killed = True
+                        elif last:
+                            worker.kill_for = None
                             calls.popleft()
                             call.worker = None
                             now = time.perf_counter()
@@ -411,6 +431,9 @@ class ProcessPool:
                                 self._dispatch(worker)
                 if call is not None:
                     call.deliver(position, payload, last)
+                    if killed:  # nothing more comes from it: the rest of its items never ran
+                        call.deliver(SKIPPED, position + 1, True)
+                        return
                 if not inbox.poll():
                     return
         except (EOFError, OSError):

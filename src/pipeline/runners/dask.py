@@ -269,6 +269,7 @@ class _Gatherer:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._lock = threading.Lock()
+        self._stopped = False
         self._out: dict[int, Callable[[Any], None]] = {}
         """The `deliver` of each future watched and not delivered yet, by id: what is out."""
         self._queue: queue.SimpleQueue[tuple[Any, Callable[[Any], None]] | None] = (
@@ -278,10 +279,19 @@ class _Gatherer:
         self._thread.start()
 
     def watch(self, future: Any, deliver: Callable[[bytes | BaseException], None]) -> None:
-        """Call `deliver` (in this thread) with `future`'s result once it has finished."""
+        """Call `deliver` (in this thread) with `future`'s result once it has finished.
+
+        Once `stop` has run, `deliver` gets a `RunnerError` at once instead (a call another
+        event loop sent while this runner closed).
+        """
         put = self._queue.put
         with self._lock:
-            self._out[id(future)] = deliver
+            stopped = self._stopped
+            if not stopped:
+                self._out[id(future)] = deliver
+        if stopped:
+            deliver(RunnerError("the Dask runner closed before this call returned"))
+            return
         future.add_done_callback(lambda finished: put((finished, deliver)))
 
     def stop(self) -> None:
@@ -295,6 +305,7 @@ class _Gatherer:
         if self._thread.is_alive():  # pragma: no cover - stuck: it may still deliver them
             return
         with self._lock:
+            self._stopped = True
             out, self._out = list(self._out.values()), {}
         closed = RunnerError("the Dask runner closed before this call returned")
         for deliver in out:

@@ -94,9 +94,10 @@ async def test_a_stage_with_timeout_ms_is_still_sent_in_batches_on_processes(
     assert result.outputs == {"each": list(range(8))}
     calls = remote.calls_sent - before
     # Processes reply item by item, so the batches stay (how full each is depends on when the
-    # items reach the runner); Dask sends one item a call.
+    # items reach the runner, a loaded machine gives more, smaller ones); Dask sends one item
+    # a call.
     if isinstance(remote, ProcessRunner):
-        assert calls <= 4
+        assert calls < 8
     else:
         assert calls == 8
 
