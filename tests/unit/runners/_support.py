@@ -7,8 +7,11 @@ a sleep in the test; every wait here is bounded.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,3 +78,70 @@ async def until(predicate: Any) -> None:
     with anyio.fail_after(GUARD_S):
         while not predicate():  # noqa: ASYNC110  # counters updated in threads have no event
             await anyio.sleep(0.01)
+
+
+def work(x: Any, ctx: PipelineContext[Any]) -> Any:
+    """A body driven by `(kind, arg)` inputs: what the worker does for this call or item.
+
+    `quick` (0), `echo` (arg), `sleep` (arg seconds, returns arg), `wait` for file arg (at most
+    30 s; 1), `mark_then_wait` (a file in folder arg[0], then wait for file arg[1]; 2), `touch`
+    file arg, `len` of arg, `die` after arg seconds, `die_after_reply` (its process exits
+    0.2 s after replying).
+    """
+    kind, arg = x
+    if kind == "quick":
+        return 0
+    if kind == "echo":
+        return arg
+    if kind == "sleep":
+        time.sleep(arg)  # noqa: TID251  # the work itself, in a worker process
+        return arg
+    if kind == "wait":
+        _wait_for(arg)
+        return 1
+    if kind == "mark_then_wait":
+        Path(arg[0], uuid.uuid4().hex).touch()
+        _wait_for(arg[1])
+        return 2
+    if kind == "touch":
+        Path(arg).touch()
+        return "touched"
+    if kind == "len":
+        return len(arg)
+    if kind == "die":
+        time.sleep(arg)  # noqa: TID251
+        os._exit(3)
+    if kind == "die_after_reply":
+        time.sleep(0.3)  # noqa: TID251
+        threading.Timer(0.2, os._exit, [7]).start()
+        return "replied"
+    raise AssertionError(kind)
+
+
+def _wait_for(path: str) -> None:
+    deadline = time.monotonic() + 30
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.001)  # noqa: TID251  # polling a file, in a worker process
+
+
+WORK = FunctionStage(work)
+"""`work` as a stage."""
+
+
+def pool_args(xs: list[Any], *, streamed: bool = False) -> tuple[Any, ...]:
+    """What `ProcessRunner._exchange` passes to `ProcessPool.call` for `WORK` on inputs `xs`."""
+    from pipeline.runners._remote import _snapshot, pickle_inputs
+    from pipeline.runners._worker import Call
+
+    blob = cloudpickle.dumps(WORK)
+    snapshot = _snapshot(PipelineContext(), "s")
+    call_blob, _ = pickle_inputs(Call("s", list(xs), snapshot, [None] * len(xs)))
+    return (b"k" * 16, blob, call_blob, streamed)
+
+
+def wait_until(predicate: Any) -> None:
+    """Wait (blocking, polling, bounded by `GUARD_S`) until `predicate()` holds."""
+    deadline = time.monotonic() + GUARD_S
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.002)  # noqa: TID251  # polling, bounded above

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -26,7 +25,7 @@ from pipeline import (
     RetryConfig,
 )
 from pipeline.runners import ProcessRunner
-from tests.unit.runners._support import fan
+from tests.unit.runners._support import WORK, fan
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
 
@@ -35,32 +34,8 @@ pytestmark = pytest.mark.anyio
 PARENT_PID = os.getpid()
 
 
-def work(x: Any, ctx: PipelineContext[Any]) -> Any:
-    """`(kind, arg)` inputs: what the worker does for this call."""
-    kind, arg = x
-    if kind == "sleep":
-        time.sleep(arg)  # noqa: TID251  # the work itself, in a worker process
-        return arg
-    if kind == "die":  # the worker process dies after `arg` seconds of work
-        time.sleep(arg)  # noqa: TID251
-        os._exit(3)
-    if kind == "die_after_reply":  # reply, then the worker process dies 0.2 s later
-        time.sleep(0.3)  # noqa: TID251
-        threading.Timer(0.2, os._exit, [7]).start()
-        return "replied"
-    if kind == "touch":
-        Path(arg).touch()
-        return "touched"
-    if kind == "len":
-        return len(arg)
-    raise AssertionError(kind)
-
-
-STAGE = FunctionStage(work)
-
-
 async def call(runner: ProcessRunner, x: Any) -> Any:
-    replies = await runner.run_inputs(STAGE, [x], PipelineContext(), stage_id="s")
+    replies = await runner.run_inputs(WORK, [x], PipelineContext(), stage_id="s")
     assert replies[0].ok, replies[0].payload
     return replies[0].payload
 

@@ -9,9 +9,6 @@ import multiprocessing
 import os
 import sys
 import threading
-import time
-import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,55 +29,19 @@ from pipeline import (
 from pipeline.errors import UnpicklableError
 from pipeline.runners import ProcessRunner
 from pipeline.runners._pool import ProcessPool
-from pipeline.runners._remote import _snapshot, pickle_inputs
-from pipeline.runners._worker import Call, serve
+from pipeline.runners._worker import serve
+from tests.unit.runners._support import WORK, pool_args, wait_until
 
 from .conftest import open_dask_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
 
 
-def work(x: Any, ctx: PipelineContext[Any]) -> Any:
-    """`(kind, arg)` inputs: what the worker does for this call."""
-    kind, arg = x
-    if kind == "quick":
-        return 0
-    if kind == "wait":  # until file `arg` exists
-        while not Path(arg).exists():
-            time.sleep(0.001)  # noqa: TID251  # polling a file, in a worker process
-        return 1
-    if kind == "mark_then_wait":  # record this run in folder arg[0], then wait for file arg[1]
-        Path(arg[0], uuid.uuid4().hex).touch()
-        while not Path(arg[1]).exists():
-            time.sleep(0.001)  # noqa: TID251
-        return 2
-    if kind == "sleep":
-        time.sleep(arg)  # noqa: TID251
-        return arg
-    raise AssertionError(kind)
-
-
-STAGE = FunctionStage(work)
-
-
 # -- ProcessPool: a kill meant for a call that already returned -------------------------------
-
-
-def _args(x: Any) -> tuple[Any, ...]:
-    """What `ProcessRunner._exchange` passes to `pool.call` for input `x` (not streamed)."""
-    blob = cloudpickle.dumps(STAGE)
-    call_blob, _ = pickle_inputs(Call("s", [x], _snapshot(PipelineContext(), "s"), [None]))
-    return (b"k" * 16, blob, call_blob, False)
-
-
-def _until(predicate: Any, bound_s: float = 20.0) -> None:
-    deadline = time.monotonic() + bound_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.002)  # noqa: TID251  # polling, bounded above
 
 
 def test_cancelling_a_call_that_already_returned_does_not_run_the_pipelined_call_twice(
@@ -94,7 +55,7 @@ def test_cancelling_a_call_that_already_returned_does_not_run_the_pipelined_call
     pool.start()
     try:
         warm = threading.Event()
-        pool.submit(pool.call(_args(("quick", None)), lambda p, v, last: warm.set()))
+        pool.submit(pool.call(pool_args([("quick", None)]), lambda p, v, last: warm.set()))
         assert warm.wait(20)  # worker 0's last call is known (short)
         w0 = pool._workers[0]
         reader_busy, release_reader = threading.Event(), threading.Event()
@@ -104,10 +65,10 @@ def test_cancelling_a_call_that_already_returned_does_not_run_the_pipelined_call
             release_reader.wait(30)  # the reader thread lags behind (busy with other replies)
 
         b_done = threading.Event()
-        a = pool.call(_args(("wait", str(tmp_path / "goA"))), lambda p, v, last: None)
-        d = pool.call(_args(("wait", str(tmp_path / "goD"))), blocking)
+        a = pool.call(pool_args([("wait", str(tmp_path / "goA"))]), lambda p, v, last: None)
+        d = pool.call(pool_args([("wait", str(tmp_path / "goD"))]), blocking)
         b = pool.call(
-            _args(("mark_then_wait", (str(runs), str(tmp_path / "goB")))),
+            pool_args([("mark_then_wait", (str(runs), str(tmp_path / "goB")))]),
             lambda p, v, last: b_done.set() if last else None,
         )
         pool.submit(a)  # worker 0
@@ -118,7 +79,7 @@ def test_cancelling_a_call_that_already_returned_does_not_run_the_pipelined_call
         (tmp_path / "goD").touch()
         assert reader_busy.wait(20)  # the reader is inside d's delivery
         (tmp_path / "goA").touch()  # a returns (its reply waits unread); worker 0 starts b
-        _until(lambda: any(runs.iterdir()))
+        wait_until(lambda: any(runs.iterdir()))
         pool.cancel(a, terminate=True)  # the caller gave up on a just as it returned
         release_reader.set()
         (tmp_path / "goB").touch()
@@ -212,7 +173,7 @@ def test_dask_calls_made_at_once_from_two_event_loops_all_return(dask_client: An
 
                 async def one(i: int) -> None:
                     replies = await runner.run_inputs(
-                        STAGE, [("quick", None)], PipelineContext(), stage_id="s"
+                        WORK, [("quick", None)], PipelineContext(), stage_id="s"
                     )
                     got.append(replies[0].payload)
 
@@ -256,7 +217,7 @@ async def test_a_dask_call_pending_when_the_runner_closes_fails_instead_of_hangi
     async def call() -> None:
         try:
             with anyio.fail_after(4):
-                await runner.run_inputs(STAGE, [("sleep", 0.5)], PipelineContext(), stage_id="s")
+                await runner.run_inputs(WORK, [("sleep", 0.5)], PipelineContext(), stage_id="s")
             outcome.append("returned")
         except TimeoutError:
             outcome.append("hung")

@@ -9,59 +9,22 @@ import contextlib
 import multiprocessing
 import sys
 import threading
-import time
-import uuid
-from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import cloudpickle  # type: ignore[import-untyped]  # no stubs
 import pytest
 
-from pipeline import FunctionStage, PipelineContext
+from pipeline import PipelineContext
 from pipeline.errors import RunnerError
 from pipeline.runners._pool import ProcessPool
-from pipeline.runners._remote import _snapshot, pickle_inputs
-from pipeline.runners._worker import Call, run_call, serve
+from pipeline.runners._worker import run_call, serve
+from tests.unit.runners._support import WORK, pool_args, wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
-
-
-def work(x: Any, ctx: PipelineContext[Any]) -> Any:
-    """`(kind, arg)` inputs: what the worker does for this item."""
-    kind, arg = x
-    if kind == "echo":
-        return arg
-    if kind == "wait":  # until file `arg` exists (at most 30 s)
-        deadline = time.monotonic() + 30
-        while not Path(arg).exists() and time.monotonic() < deadline:
-            time.sleep(0.001)  # noqa: TID251  # polling a file, in a worker process
-        return 1
-    if kind == "mark_then_wait":  # record this run in folder arg[0], then wait for file arg[1]
-        Path(arg[0], uuid.uuid4().hex).touch()
-        deadline = time.monotonic() + 30
-        while not Path(arg[1]).exists() and time.monotonic() < deadline:
-            time.sleep(0.001)  # noqa: TID251
-        return 2
-    raise AssertionError(kind)
-
-
-STAGE = FunctionStage(work)
-
-
-def _args(xs: list[Any], streamed: bool) -> tuple[Any, ...]:
-    """What `ProcessRunner._exchange` passes to `pool.call` for inputs `xs`."""
-    blob = cloudpickle.dumps(STAGE)
-    snapshot = _snapshot(PipelineContext(), "s")
-    call_blob, _ = pickle_inputs(Call("s", list(xs), snapshot, [None] * len(xs)))
-    return (b"k" * 16, blob, call_blob, streamed)
-
-
-def _until(predicate: Any, bound_s: float = 20.0) -> None:
-    deadline = time.monotonic() + bound_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.002)  # noqa: TID251  # polling, bounded above
 
 
 def test_terminate_kills_a_hung_streamed_item_whose_earlier_reply_was_unread(
@@ -81,7 +44,7 @@ def test_terminate_kills_a_hung_streamed_item_whose_earlier_reply_was_unread(
 
         ended = threading.Event()
         streamed = pool.call(
-            _args(
+            pool_args(
                 [
                     ("wait", str(tmp_path / "go0")),
                     ("mark_then_wait", (str(runs), str(tmp_path / "x"))),
@@ -90,13 +53,13 @@ def test_terminate_kills_a_hung_streamed_item_whose_earlier_reply_was_unread(
             ),
             lambda p, v, last: ended.set() if last else None,
         )
-        other = pool.call(_args([("wait", str(tmp_path / "goD"))], streamed=False), blocking)
+        other = pool.call(pool_args([("wait", str(tmp_path / "goD"))], streamed=False), blocking)
         pool.submit(streamed)  # worker 0
         pool.submit(other)  # worker 1
         (tmp_path / "goD").touch()
         assert reader_busy.wait(20)  # the reader is inside `other`'s delivery
         (tmp_path / "go0").touch()  # item 0 returns (its reply waits unread); item 1 hangs
-        _until(lambda: any(runs.iterdir()))
+        wait_until(lambda: any(runs.iterdir()))
         pool.cancel(streamed, terminate=True)  # the caller gives up on the call: kill it
         release_reader.set()
         # Item 1 never returns by itself (until file x, 30 s): only a kill ends the call.
@@ -173,7 +136,7 @@ def test_dask_call_sent_while_another_loop_closes_the_runner_is_delivered() -> N
         async def call() -> None:
             with anyio.fail_after(10):  # delivered: its value, or RunnerError (closed)
                 with pytest.raises(RunnerError):
-                    await runner.run(FunctionStage(work), ("echo", 7), PipelineContext())
+                    await runner.run(WORK, ("echo", 7), PipelineContext())
 
         with contextlib.suppress(pytest.fail.Exception):  # it returned its value: delivered too
             anyio.run(call)
