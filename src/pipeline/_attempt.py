@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
 from pipeline._cancel import is_cancellation, must_propagate, raise_unless_stray
+from pipeline._deadline import Within
 from pipeline._env import run_reporter
 from pipeline._model import copy_with
 from pipeline._outcome import AttemptRecord, Outcome
@@ -202,12 +203,9 @@ def timeout_link(sdef: StageDefinition, env: RunEnv, inner: Handler) -> Handler:
 
     async def with_timeout(call: AttemptCall) -> Outcome:
         outcome = None
-        t0 = clock.now()
-        with clock.deadline_scope(limit_s) as scope:
+        with Within(clock, limit_s) as bound:
             outcome = await inner(call)
-        # A stage that overran without reaching a checkpoint was never interrupted: its late
-        # result is a timeout all the same (and so never cached).
-        if outcome is None or scope.cancelled_caught or clock.now() - t0 > limit_s:
+        if outcome is None or bound.passed:
             exc = StageTimeoutError(sid, call.attempt, timeout_ms, call.item)
             timed_out = failed(sid, exc, call.attempt, str(exc))
             # Work in another process that was given up on says whether it stopped.

@@ -30,6 +30,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from pipeline._deadline import Within
 from pipeline.clock import SystemClock, current_clock
 from pipeline.errors import RunnerError, StageTimeoutError, UnpicklableError
 from pipeline.result import StageResult
@@ -257,13 +258,10 @@ class RemoteRunner:
         self, call: AttemptCall, sid: str, stage: PipelineStage[Any, Any], timeout_ms: float
     ) -> Any:
         """`_one` bounded by the stage's `timeout_ms` (what the chain's timeout link does)."""
-        clock = current_clock.get() or SystemClock()
-        limit_s = timeout_ms / 1000
-        t0 = clock.now()
         returned: Any = None
-        with clock.deadline_scope(limit_s) as scope:
+        with Within(current_clock.get() or SystemClock(), timeout_ms / 1000) as bound:
             returned = await self._one(call, sid, stage)
-        if scope.cancelled_caught or clock.now() - t0 > limit_s:
+        if bound.passed:
             raise StageTimeoutError(sid, call.attempt, timeout_ms, call.item)
         return returned
 
