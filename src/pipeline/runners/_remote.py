@@ -1,8 +1,8 @@
 """`RemoteRunner`: the shared half of every runner that sends work to another process.
 
 A subclass only says how to open and close its pool, submit a call, wait for it and cancel it
-(`_open`, `_close`, `_submit`, `_wait`, `_cancel`: blocking, thread-safe); this base does the
-rest, identically for every backend:
+(`_open`, `_close`, `_cancel`, and `_submit` and `_wait` unless it brings its own `_exchange`:
+blocking, thread-safe); this base does the rest, identically for every backend:
 
     stage --cloudpickle, once per open session--> (digest, bytes)
     inputs + context snapshot --cloudpickle--> submit(run_call, digest, bytes, call)
@@ -15,7 +15,8 @@ By default `_exchange` pickles, submits and waits in an anyio worker thread, so 
 touches a backend's own async API and the same code serves asyncio and trio. A backend whose
 futures take done-callbacks overrides `_exchange` to submit from the loop and be woken by the
 callback through `pipeline.runners._wake.LoopInbox` (one wake-up of the loop per burst of
-finished calls), with no thread waiting per call: `ProcessRunner` and `DaskRunner` both do.
+finished calls), with no thread waiting per call: `ProcessRunner` (writing straight into its
+pool's worker pipes, `_pool.py`) and `DaskRunner` (one `client.map` per loop turn) both do.
 The pool or cluster does all the scheduling.
 """
 

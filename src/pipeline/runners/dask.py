@@ -161,15 +161,6 @@ class DaskRunner(RemoteRunner):
                     cluster.sync(_stop_worker_processes, list(cluster.workers.values()))
             cluster.close()
 
-    def _submit(self, fn: Callable[..., bytes], *args: Any) -> Any:
-        client: Any = self._client
-        assert client is not None  # submitted only while open
-        return client.submit(fn, *args, pure=False)
-
-    def _wait(self, handle: Any) -> bytes:
-        result: bytes = handle.result()
-        return result
-
     async def _exchange(
         self, job: _Job, key: bytes, blob: bytes, call_blob: bytes, sink: ReplySink | None = None
     ) -> list[Reply]:

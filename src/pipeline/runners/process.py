@@ -25,8 +25,6 @@ from pipeline.runners._wake import loop_inbox
 from pipeline.runners._worker import failure_of, item_reply, replies_from_wire, serve
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from pipeline.runners._remote import ReplySink, _Job
     from pipeline.runners._worker import Reply
 
@@ -109,12 +107,6 @@ class ProcessRunner(RemoteRunner):
         if pool is not None:
             # Calls given up on may still be running: their processes are stopped, not awaited.
             pool.close(abandoned=abandoned)
-
-    def _submit(self, fn: Callable[..., bytes], *args: Any) -> Any:  # pragma: no cover
-        raise NotImplementedError("ProcessRunner sends its calls itself (`_exchange`)")
-
-    def _wait(self, handle: Any) -> bytes:  # pragma: no cover
-        raise NotImplementedError("ProcessRunner sends its calls itself (`_exchange`)")
 
     async def _exchange(
         self, job: _Job, key: bytes, blob: bytes, call_blob: bytes, sink: ReplySink | None = None
