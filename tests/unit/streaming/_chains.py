@@ -14,7 +14,10 @@ from pipeline import (
 )
 
 if TYPE_CHECKING:
+    import anyio
+
     from pipeline.events import PipelineEvent
+    from pipeline.protocol import PipelineStage
 
 FAN_OUT = ExecutionPattern.FAN_OUT
 
@@ -37,6 +40,22 @@ class Recorder:
             if same and (item is None or getattr(e, "item", None) == item):
                 return i
         raise AssertionError(f"no {kind} event of {stage_id!r} (item {item})")
+
+
+def endless(closed: anyio.Event) -> PipelineStage[Any, Any]:
+    """A producer yielding 0, 1, 2, ... until it is stopped, then setting `closed`."""
+
+    @stage
+    async def endless(_: Any, ctx: PipelineContext[Any]) -> AsyncIterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    return endless
 
 
 @stage

@@ -22,7 +22,14 @@ from pipeline import (
 )
 from pipeline.testing import FakeClock
 from tests.unit._support import BACKENDS, Backend, on_both_backends
-from tests.unit.streaming._chains import FAN_OUT, Recorder, double, source_map_map_reduce, total
+from tests.unit.streaming._chains import (
+    FAN_OUT,
+    Recorder,
+    double,
+    endless as endless_source,
+    source_map_map_reduce,
+    total,
+)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -117,16 +124,7 @@ def test_a_producer_error_cancels_its_consumers(backend: Backend, fail_fast: boo
 @pytest.mark.parametrize("fail_fast", [True, False])
 def test_a_consumer_error_cancels_its_producer(backend: Backend, fail_fast: bool) -> None:
     closed = anyio.Event()
-
-    @stage
-    async def endless(_: Any, ctx: PipelineContext[Any]) -> typing.AsyncIterator[int]:
-        try:
-            i = 0
-            while True:
-                yield i
-                i += 1
-        finally:
-            closed.set()
+    endless = endless_source(closed)
 
     @stage
     async def picky(x: int, ctx: PipelineContext[Any]) -> int:
@@ -345,15 +343,7 @@ async def test_cancelling_the_context_mid_stream_cancels_the_group() -> None:
     closed = anyio.Event()
     ctx: PipelineContext[Any] = PipelineContext()
 
-    @stage
-    async def endless(_: Any, c: PipelineContext[Any]) -> typing.AsyncIterator[int]:
-        try:
-            i = 0
-            while True:
-                yield i
-                i += 1
-        finally:
-            closed.set()
+    endless = endless_source(closed)
 
     @stage
     async def stop_at_three(x: int, c: PipelineContext[Any]) -> int:
